@@ -1,0 +1,289 @@
+"""The run config: a YAML file validated by pydantic, with every default in this one place.
+
+A config has one section per stage (``data``, ``split``, ``executor``, ``model``, ``training``,
+``evaluation``) plus the recipe-specific ``simulate`` options. A recipe ships its own defaults
+(``recipes/<name>/recipe.yaml``); a user's file is merged over them key by key.
+
+Example:
+    >>> cfg = RunConfig.model_validate({"data": {"inputs": ["sim/*.root"]}})
+    >>> cfg.training.batch_size
+    4096
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from detlearn.errors import DetlearnError
+
+__all__ = [
+    "ColumnSpec",
+    "DataConfig",
+    "EvaluationConfig",
+    "ExecutorConfig",
+    "FlowConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SlurmConfig",
+    "SplitConfig",
+    "TrainingConfig",
+    "config_hash",
+    "deep_merge",
+    "dump_commented_yaml",
+    "load_config",
+    "validate_config",
+]
+
+Role = Literal["context", "target", "label", "weight", "observer", "group"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnSpec(_Strict):
+    """One output column of a prepared dataset."""
+
+    expr: str | None = Field(
+        None, description="expression over branches (numpy/awkward); null: the column's own name"
+    )
+    role: Role = Field("observer", description="context | target | label | weight | observer | group")
+    unit: str = Field("", description="physical unit (mm, ns, GeV, rad, ...)")
+    lower: float | None = Field(None, description="physical lower bound of a target (support)")
+    upper: float | None = Field(None, description="physical upper bound of a target (support)")
+
+
+class DataConfig(_Strict):
+    """Which ROOT files to read and how to turn them into rows."""
+
+    inputs: list[str] = Field(
+        default_factory=list, description="files, globs, directories or 'file.root:tree' specs"
+    )
+    tree: str | None = Field(None, description="tree name; inferred when a file has exactly one")
+    extractor: str | None = Field(
+        None, description="recipe extractor name or 'module:function'; null: use `columns`"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="options for the extractor")
+    columns: dict[str, ColumnSpec] = Field(
+        default_factory=dict, description="output columns: name -> {expr, role, unit, bounds}"
+    )
+    selection: str | None = Field(None, description="row selection expression, e.g. 'x > 0'")
+    step_size: int = Field(200_000, gt=0, description="entries per work item (one shard each)")
+    on_nonfinite: Literal["drop", "error"] = Field(
+        "drop", description="rows with NaN/Inf in a column: drop (counted) or error"
+    )
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="a bad input file: stop, or skip it and list it under 'failed'"
+    )
+
+
+class SplitConfig(_Strict):
+    """Deterministic train/val/test split by a hash of the group id (the event by default)."""
+
+    train: float = Field(0.8, ge=0, le=1, description="fraction of groups for training")
+    val: float = Field(0.1, ge=0, le=1, description="fraction of groups for validation")
+    test: float = Field(0.1, ge=0, le=1, description="fraction of groups for testing")
+    seed: int = Field(0, description="salt of the split hash")
+
+
+class SlurmConfig(_Strict):
+    """Settings of a dask_jobqueue.SLURMCluster (executor kind 'slurm')."""
+
+    queue: str | None = Field(None, description="SLURM partition")
+    account: str | None = Field(None, description="SLURM account")
+    cores: int = Field(4, gt=0, description="cores per job")
+    processes: int = Field(1, gt=0, description="dask worker processes per job")
+    memory: str = Field("8GB", description="memory per job")
+    walltime: str = Field("01:00:00", description="wall-time limit per job")
+    jobs: int = Field(4, gt=0, description="number of jobs to start")
+    job_extra_directives: list[str] = Field(
+        default_factory=list, description="extra '#SBATCH' lines, e.g. '--constraint=cpu'"
+    )
+
+
+class ExecutorConfig(_Strict):
+    """Where work items run: a local process pool, a dask cluster, or SLURM jobs."""
+
+    kind: Literal["local", "dask", "slurm"] = Field("local", description="local | dask | slurm")
+    workers: int = Field(2, gt=0, description="local processes (or LocalCluster workers)")
+    scheduler: str | None = Field(None, description="dask scheduler address, tcp://host:port")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="SLURM settings")
+
+
+class FlowConfig(_Strict):
+    """A conditional normalizing flow (zuko)."""
+
+    kind: Literal["nsf", "maf", "realnvp"] = Field("nsf", description="nsf | maf | realnvp")
+    transforms: int = Field(3, gt=0, description="number of flow transforms")
+    bins: int = Field(16, gt=1, description="spline bins (nsf)")
+    hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden layer sizes")
+    passes: int | None = Field(
+        None, description="autoregressive passes: null fully autoregressive, 2 coupling"
+    )
+
+
+class ModelConfig(_Strict):
+    """The model family and its settings."""
+
+    family: Literal["flow", "classifier", "regressor"] = Field("flow", description="model family")
+    flow: FlowConfig = Field(default_factory=FlowConfig, description="flow settings")
+    count: Literal["none", "negbinom"] = Field(
+        "none", description="also learn a per-group count N | context (negative binomial)"
+    )
+
+
+class TrainingConfig(_Strict):
+    """Lightning training settings."""
+
+    batch_size: int = Field(4096, gt=0, description="rows per optimizer step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay")
+    max_epochs: int = Field(30, gt=0, description="upper bound on epochs")
+    max_minutes: float | None = Field(None, description="wall-clock limit of training, minutes")
+    patience: int = Field(5, ge=1, description="early stopping: epochs without val improvement")
+    schedule: Literal["cosine", "none"] = Field("cosine", description="LR schedule")
+    max_rows: int | None = Field(None, description="use at most this many training rows")
+    seed: int = Field(0, description="seed of initialization and shuffling")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto | cpu | gpu")
+
+
+class EvaluationConfig(_Strict):
+    """What `detlearn evaluate` computes."""
+
+    samples_per_row: int = Field(1, gt=0, description="surrogate samples per test row")
+    max_rows: int = Field(200_000, gt=0, description="test rows used by the evaluation")
+    options: dict[str, Any] = Field(default_factory=dict, description="recipe-specific options")
+
+
+class RunConfig(_Strict):
+    """A whole run: data preparation, model, training and evaluation."""
+
+    recipe: str | None = Field(None, description="recipe name (klm-timing, mass-grid, ...)")
+    simulate: dict[str, Any] = Field(
+        default_factory=dict, description="options of the recipe's built-in simulator"
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="ROOT inputs -> rows")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="train/val/test split")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="executor")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="training")
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="evaluation"
+    )
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``override``, merging nested dicts key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field path ``loc`` (None for free dicts)."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return model
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        valid = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+        return f"{source}: unknown key '{dotted}'{hint}"
+    return f"{source}: key '{dotted}': {first['msg']} (got {first.get('input')!r})"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config dict; a bad key raises a one-line :class:`DetlearnError`."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise DetlearnError(_explain(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config, merged over its recipe's defaults.
+
+    Relative input paths are resolved against the config file's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DetlearnError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DetlearnError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise DetlearnError(f"{path}: a config must be a mapping of sections")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    recipe = raw.get("recipe")
+    if recipe:
+        from detlearn.recipes import get_recipe
+
+        raw = deep_merge(get_recipe(recipe).default_config(), raw)
+    inputs = raw.get("data", {}).get("inputs", [])
+    raw.setdefault("data", {})["inputs"] = [
+        s if Path(s.split(":")[0]).is_absolute() or "://" in s else str(path.parent / s) for s in inputs
+    ]
+    return validate_config(raw, str(path))
+
+
+def config_hash(section: BaseModel) -> str:
+    """A short stable hash of a config section (what decides whether a shard is reusable)."""
+    payload = json.dumps(section.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def dump_commented_yaml(model: BaseModel, indent: int = 0) -> str:
+    """YAML text of a config with each key's description as a trailing comment."""
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        comment = f"  # {field.description}" if field.description else ""
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:{comment}")
+            lines.append(dump_commented_yaml(value, indent + 1))
+        elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+            lines.append(f"{pad}{name}:{comment}")
+            for key, sub in value.items():
+                lines.append(f"{pad}  {key}:")
+                lines.append(dump_commented_yaml(sub, indent + 2))
+        else:
+            dumped = yaml.safe_dump(
+                {name: _plain(value)}, default_flow_style=True, sort_keys=False, width=10_000
+            ).strip()
+            lines.append(f"{pad}{dumped.strip('{}')}{comment}")
+    return "\n".join(line for line in lines if line)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
