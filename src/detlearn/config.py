@@ -54,7 +54,9 @@ class ColumnSpec(_Strict):
     expr: str | None = Field(
         None, description="expression over branches (numpy/awkward); null: the column's own name"
     )
-    role: Role = Field("observer", description="context | target | label | weight | observer | group")
+    role: Role = Field(
+        "observer", description="context | target | label | weight | observer | group"
+    )
     unit: str = Field("", description="physical unit (mm, ns, GeV, rad, ...)")
     lower: float | None = Field(None, description="physical lower bound of a target (support)")
     upper: float | None = Field(None, description="physical upper bound of a target (support)")
@@ -174,9 +176,7 @@ class RunConfig(_Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="executor")
     model: ModelConfig = Field(default_factory=ModelConfig, description="model")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="training")
-    evaluation: EvaluationConfig = Field(
-        default_factory=EvaluationConfig, description="evaluation"
-    )
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="evaluation")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +197,11 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return model
         annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
     return model
 
 
@@ -245,7 +249,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raw = deep_merge(get_recipe(recipe).default_config(), raw)
     inputs = raw.get("data", {}).get("inputs", [])
     raw.setdefault("data", {})["inputs"] = [
-        s if Path(s.split(":")[0]).is_absolute() or "://" in s else str(path.parent / s) for s in inputs
+        s if Path(s.split(":")[0]).is_absolute() or "://" in s else str(path.parent / s)
+        for s in inputs
     ]
     return validate_config(raw, str(path))
 
@@ -266,16 +271,19 @@ def dump_commented_yaml(model: BaseModel, indent: int = 0) -> str:
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:{comment}")
             lines.append(dump_commented_yaml(value, indent + 1))
-        elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+        elif (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, BaseModel) for v in value.values())
+        ):
             lines.append(f"{pad}{name}:{comment}")
             for key, sub in value.items():
                 lines.append(f"{pad}  {key}:")
                 lines.append(dump_commented_yaml(sub, indent + 2))
         else:
-            dumped = yaml.safe_dump(
-                {name: _plain(value)}, default_flow_style=True, sort_keys=False, width=10_000
-            ).strip()
-            lines.append(f"{pad}{dumped.strip('{}')}{comment}")
+            dumped = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000)
+            dumped = dumped.strip().removesuffix("...").strip()
+            lines.append(f"{pad}{name}: {dumped}{comment}")
     return "\n".join(line for line in lines if line)
 
 

@@ -1,0 +1,1 @@
+"""Data preparation helpers that sit between the store and the models: splits."""

@@ -1,0 +1,168 @@
+"""The prepared-dataset store: parquet shards plus a ``manifest.json`` describing them.
+
+Layout of a dataset directory::
+
+    manifest.json                  schema (units, roles), shards, failed inputs, config hash
+    shards/<key>.parquet           one per work item, written atomically
+    shards/<key>.done.json         the shard's record; present only once the shard is complete
+
+Every shard carries a ``_group`` column (uint64 hash of source file name and group id) that
+decides the split, so rows of one event never straddle train and test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from detlearn.errors import DetlearnError
+
+__all__ = [
+    "GROUP_COLUMN",
+    "Dataset",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "file_sha256",
+    "read_shard_record",
+    "write_shard",
+]
+
+GROUP_COLUMN = "_group"
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(columns: dict[str, np.ndarray], path: Path) -> str:
+    """Write one shard atomically; returns its SHA-256."""
+    table = pa.table({name: pa.array(values) for name, values in columns.items()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_shard_record(shard: Path, config_hash: str, source: dict[str, Any]) -> dict | None:
+    """The record of a complete, intact shard made from the same config and source, else None.
+
+    A shard is reusable when its ``.done.json`` exists, names the same config hash and source
+    file (size and mtime), and the parquet file's checksum still matches.
+    """
+    done = shard.with_suffix(".done.json")
+    if not (shard.is_file() and done.is_file()):
+        return None
+    try:
+        record = json.loads(done.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same_source = {k: record.get("source", {}).get(k) for k in ("path", "size", "mtime")} == {
+        k: source[k] for k in ("path", "size", "mtime")
+    }
+    if record.get("config_hash") != config_hash or not same_source:
+        return None
+    if file_sha256(shard) != record.get("sha256"):
+        return None
+    return record
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset directory (read side).
+
+    Example:
+        >>> ds = Dataset.open("demo/dataset")                          # doctest: +SKIP
+        >>> train = ds.load(["z", "theta", "p", "dt"], split="train")  # doctest: +SKIP
+    """
+
+    root: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path) -> Dataset:
+        """Open a dataset directory written by ``prepare``."""
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise DetlearnError(f"{root}: not a prepared dataset (no {MANIFEST})")
+        return cls(root, json.loads(path.read_text()))
+
+    @property
+    def columns(self) -> dict[str, dict[str, Any]]:
+        """Column name -> {role, unit, dtype, lower, upper}."""
+        return self.manifest["columns"]
+
+    def names(self, role: str) -> list[str]:
+        """Columns with the given role, in manifest order."""
+        return [n for n, c in self.columns.items() if c["role"] == role]
+
+    @property
+    def rows(self) -> int:
+        """Total rows over all shards."""
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    def load(
+        self,
+        columns: Sequence[str] | None = None,
+        split: str | None = None,
+        max_rows: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Read columns of all shards (optionally only one split) as numpy arrays."""
+        wanted = list(columns) if columns is not None else list(self.columns)
+        unknown = [c for c in wanted if c not in self.columns]
+        if unknown:
+            raise DetlearnError(
+                f"{self.root}: no column '{unknown[0]}' in dataset (columns: "
+                f"{', '.join(self.columns)})"
+            )
+        read = wanted + ([GROUP_COLUMN] if split is not None else [])
+        tables = [
+            pq.read_table(self.root / s["file"], columns=read) for s in self.manifest["shards"]
+        ]
+        if not tables:
+            raise DetlearnError(f"{self.root}: dataset has no shards")
+        table = pa.concat_tables(tables)
+        out = {name: table.column(name).to_numpy() for name in read}
+        if split is not None:
+            from detlearn.data.splits import split_mask
+
+            mask = split_mask(out.pop(GROUP_COLUMN), split, self.manifest["split"])
+            out = {k: v[mask] for k, v in out.items()}
+        if max_rows is not None:
+            out = {k: v[:max_rows] for k, v in out.items()}
+        return out

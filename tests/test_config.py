@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from detlearn.cli import app
+from detlearn.config import RunConfig, dump_commented_yaml, load_config, validate_config
+from detlearn.errors import DetlearnError
+
+
+def test_misspelled_key_names_key_and_nearest_spelling():
+    with pytest.raises(
+        DetlearnError, match=r"unknown key 'training.bach_size'; did you mean 'batch_size'"
+    ):
+        validate_config({"training": {"bach_size": 10}})
+
+
+def test_unknown_top_level_key_names_nearest_section():
+    with pytest.raises(DetlearnError, match=r"unknown key 'trainig'; did you mean 'training'"):
+        validate_config({"trainig": {}})
+
+
+def test_wrong_value_type_names_the_key():
+    with pytest.raises(DetlearnError, match=r"training.batch_size"):
+        validate_config({"training": {"batch_size": "many"}})
+
+
+def test_error_message_is_one_line():
+    with pytest.raises(DetlearnError) as info:
+        validate_config({"data": {"columns": {"x": {"rol": "context"}}}})
+    assert "\n" not in str(info.value)
+    assert "data.columns.x.rol" in str(info.value)
+
+
+def test_relative_inputs_resolve_against_config_folder(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"inputs": ["sim/*.root", "/abs/x.root:events"]}}))
+    cfg = load_config(path)
+    assert cfg.data.inputs == [str(tmp_path / "cfg" / "sim/*.root"), "/abs/x.root:events"]
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(DetlearnError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_commented_dump_round_trips_to_the_same_config():
+    cfg = RunConfig()
+    text = dump_commented_yaml(cfg)
+    assert "# rows per optimizer step" in text
+    assert RunConfig.model_validate(yaml.safe_load(text)) == cfg
+
+
+def test_cli_config_show_prints_commented_defaults(runner):
+    result = runner.invoke(app, ["config", "show", "klm-timing"])
+    assert result.exit_code == 0, result.output
+    assert "recipe: klm-timing" in result.output
+    assert "batch_size:" in result.output and "#" in result.output
+
+
+def test_cli_unknown_recipe_exit_2(runner):
+    result = runner.invoke(app, ["config", "show", "klm-timnig"])
+    assert result.exit_code == 2
+    assert "unknown recipe 'klm-timnig'" in result.output
