@@ -78,7 +78,7 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
         exprs[group] = ENTRY_ALIAS
     columns = ColumnSet(exprs, data.selection)
     keys = chunk.keys()
-    branches = sorted(columns.branches([*keys, ENTRY_ALIAS]) - {ENTRY_ALIAS})
+    branches = sorted(columns.branches([*keys, ENTRY_ALIAS], where=chunk.path) - {ENTRY_ALIAS})
     records = chunk.arrays(branches)
     arrays: dict[str, Any] = {name: records[name] for name in branches}
     arrays[ENTRY_ALIAS] = np.arange(chunk.item.entry_start, chunk.item.entry_stop, dtype=np.int64)
@@ -189,6 +189,8 @@ def prepare(
     items = plan_work_items(sources, data.step_size)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob(".*.tmp"):  # left by a killed run
+        stale.unlink(missing_ok=True)
 
     records: dict[str, dict[str, Any]] = {}
     todo: list[WorkItem] = []

@@ -62,7 +62,8 @@ class WorkItem:
     def key(self) -> str:
         """A file-system-safe, deterministic name for this item's shard."""
         stem = Path(self.source.path).name.split(".")[0]
-        return f"{stem}-{_path_digest(self.source.path)}-{self.entry_start:012d}-{self.entry_stop:012d}"
+        digest = _path_digest(self.source.path)
+        return f"{stem}-{digest}-{self.entry_start:012d}-{self.entry_stop:012d}"
 
     @property
     def where(self) -> str:
