@@ -48,6 +48,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        # mkstemp creates 0600; give the file the mode an ordinary open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -144,13 +148,13 @@ class Dataset:
     ) -> dict[str, np.ndarray]:
         """Read columns of all shards (optionally only one split) as numpy arrays."""
         wanted = list(columns) if columns is not None else list(self.columns)
-        unknown = [c for c in wanted if c not in self.columns]
+        unknown = [c for c in wanted if c not in self.columns and c != GROUP_COLUMN]
         if unknown:
             raise DetlearnError(
                 f"{self.root}: no column '{unknown[0]}' in dataset (columns: "
                 f"{', '.join(self.columns)})"
             )
-        read = wanted + ([GROUP_COLUMN] if split is not None else [])
+        read = wanted + ([GROUP_COLUMN] if split is not None and GROUP_COLUMN not in wanted else [])
         tables = [
             pq.read_table(self.root / s["file"], columns=read) for s in self.manifest["shards"]
         ]
@@ -161,7 +165,8 @@ class Dataset:
         if split is not None:
             from detlearn.data.splits import split_mask
 
-            mask = split_mask(out.pop(GROUP_COLUMN), split, self.manifest["split"])
+            groups = out[GROUP_COLUMN] if GROUP_COLUMN in wanted else out.pop(GROUP_COLUMN)
+            mask = split_mask(groups, split, self.manifest["split"])
             out = {k: v[mask] for k, v in out.items()}
         if max_rows is not None:
             out = {k: v[:max_rows] for k, v in out.items()}

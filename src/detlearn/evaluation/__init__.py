@@ -1,0 +1,45 @@
+"""Evaluation: generic two-sample and density metrics, and the suites built on them.
+
+- ``metrics``: distances and test statistics of two samples (W1, KS, two-sample χ², energy
+  distance, classifier AUC), density scores (KL from exact densities, PIT calibration), and
+  :class:`Score`, a value beside its simulation-vs-simulation baseline.
+- ``density``: binned validation of a conditional density p(t | c) in context bins.
+"""
+
+from __future__ import annotations
+
+from detlearn.evaluation.density import ValidationResult, context_bin_masks, validate_conditional
+from detlearn.evaluation.metrics import (
+    Score,
+    auc_null_sigma,
+    c2st_auc,
+    chi2_two_sample,
+    energy_distance,
+    kl_from_exact,
+    ks_statistic,
+    pit_uniformity,
+    quantiles_rel_error,
+    to_jsonable,
+    wasserstein1,
+    width68,
+    with_baseline,
+)
+
+__all__ = [
+    "Score",
+    "ValidationResult",
+    "auc_null_sigma",
+    "c2st_auc",
+    "chi2_two_sample",
+    "context_bin_masks",
+    "energy_distance",
+    "kl_from_exact",
+    "ks_statistic",
+    "pit_uniformity",
+    "quantiles_rel_error",
+    "to_jsonable",
+    "validate_conditional",
+    "wasserstein1",
+    "width68",
+    "with_baseline",
+]
