@@ -139,6 +139,10 @@ class ModelConfig(_Strict):
     count: Literal["none", "negbinom"] = Field(
         "none", description="also learn a per-group count N | context (negative binomial)"
     )
+    count_column: str = Field("n_photons", description="column holding each group's count N")
+    count_hidden: list[int] = Field(
+        default_factory=lambda: [64, 64], description="hidden layer sizes of the count model"
+    )
 
 
 class TrainingConfig(_Strict):

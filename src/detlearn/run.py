@@ -1,0 +1,317 @@
+"""A trained run directory, and the public API to make and use one.
+
+Layout of a run directory::
+
+    run.json            what was trained: recipe, version, columns with units and ranges, config
+    flow/               the conditional flow: model.safetensors + model.json, history.csv, loss.png
+    count/              (optional) the count model N | context, same layout
+
+Nothing in a run directory is a pickle: weights are safetensors, the rest JSON/CSV/PNG.
+
+Example:
+    >>> run_dir = train(cfg, "dataset/", "runs/klm")                        # doctest: +SKIP
+    >>> s = Surrogate.load("runs/klm")                                       # doctest: +SKIP
+    >>> s.sample({"z": [0.0], "theta": [1.4], "p": [2.0]}, 100_000).shape    # doctest: +SKIP
+    (1, 100000, 1)
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detlearn import __version__
+from detlearn.config import RunConfig
+from detlearn.errors import DetlearnError
+from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json
+
+__all__ = ["ContextRangeWarning", "Surrogate", "train"]
+
+RUN_FILE = "run.json"
+RUN_FORMAT = 1
+
+
+class ContextRangeWarning(UserWarning):
+    """Contexts outside the range seen in training (the model extrapolates there)."""
+
+
+def _first_rows_per_group(groups: np.ndarray) -> np.ndarray:
+    _, first = np.unique(groups, return_index=True)
+    return np.sort(first)
+
+
+def train(
+    cfg: RunConfig,
+    dataset: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train the model of ``cfg`` on a prepared dataset; returns the run directory.
+
+    Context columns (role ``context``) condition the flow over the target columns (role
+    ``target``, with their physical bounds as support). Rows with weight 0 (role ``weight``)
+    are left out of the flow and the loss is weighted. With ``model.count: negbinom`` a count
+    model N | context is trained on one row per group, N taken from ``model.count_column``.
+    """
+    from detlearn.models.counts import CountModel
+    from detlearn.models.flows import ConditionalFlow
+    from detlearn.training import fit
+
+    if cfg.model.family != "flow":
+        raise DetlearnError(
+            f"model.family '{cfg.model.family}' is not trainable by this command yet"
+        )
+    ds = Dataset.open(dataset)
+    if cfg.recipe and ds.manifest.get("recipe") not in (None, cfg.recipe):
+        raise DetlearnError(
+            f"{dataset}: dataset was prepared for recipe '{ds.manifest['recipe']}', "
+            f"the config is for '{cfg.recipe}'"
+        )
+    context, target, weight = ds.names("context"), ds.names("target"), ds.names("weight")
+    if not context or not target:
+        raise DetlearnError(
+            f"{dataset}: a flow needs columns with role 'context' and 'target' "
+            f"(found context {context}, target {target})"
+        )
+    count_col = cfg.model.count_column if cfg.model.count != "none" else None
+    columns = [*context, *target, *weight, GROUP_COLUMN] + ([count_col] if count_col else [])
+    splits = {s: ds.load(columns, split=s) for s in ("train", "val")}
+    for name, part in splits.items():
+        if len(part[GROUP_COLUMN]) == 0:
+            raise DetlearnError(f"{dataset}: the '{name}' split is empty; prepare more events")
+        for col in context:
+            bad = int((~np.isfinite(part[col])).sum())
+            if bad:
+                raise DetlearnError(f"{dataset}: context column '{col}' has {bad} non-finite rows")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {name: _flow_tensors(part, context, target, weight) for name, part in splits.items()}
+    lower = [ds.columns[t]["lower"] for t in target]
+    upper = [ds.columns[t]["upper"] for t in target]
+    flow = ConditionalFlow(
+        len(target),
+        len(context),
+        cfg.model.flow,
+        lower,
+        upper,
+        names=target,
+        context_names=context,
+    )
+    fit(
+        flow,
+        tensors["train"],
+        tensors["val"],
+        cfg.training,
+        out / "flow",
+        resume=resume,
+        progress=progress,
+    )
+
+    count_info = None
+    if count_col:
+        counts = {}
+        for name, part in splits.items():
+            first = _first_rows_per_group(part[GROUP_COLUMN])
+            n = torch.as_tensor(part[count_col][first], dtype=torch.float32)
+            c = torch.as_tensor(np.stack([part[k][first] for k in context], 1), dtype=torch.float32)
+            counts[name] = (n, c)
+        count = CountModel(len(context), cfg.model.count_hidden, context_names=context)
+        fit(
+            count,
+            counts["train"],
+            counts["val"],
+            cfg.training,
+            out / "count",
+            resume=resume,
+            progress=progress,
+        )
+        count_info = {"column": count_col, "model": "negbinom"}
+
+    info = {
+        "format": RUN_FORMAT,
+        "detlearn_version": __version__,
+        "recipe": cfg.recipe,
+        "dataset": str(Path(dataset).resolve()),
+        "context": [
+            {
+                "name": k,
+                "unit": ds.columns[k]["unit"],
+                "min": float(splits["train"][k].min()),
+                "max": float(splits["train"][k].max()),
+            }
+            for k in context
+        ],
+        "target": [
+            {"name": t, "unit": ds.columns[t]["unit"], "lower": lo, "upper": hi}
+            for t, lo, hi in zip(target, lower, upper, strict=True)
+        ],
+        "count": count_info,
+        "config": cfg.model_dump(mode="json"),
+    }
+    atomic_write_json(out / RUN_FILE, info)
+    return out
+
+
+def _flow_tensors(
+    part: Mapping[str, np.ndarray], context: list[str], target: list[str], weight: list[str]
+) -> tuple[torch.Tensor, ...]:
+    keep = part[weight[0]] > 0 if weight else np.ones(len(part[context[0]]), dtype=bool)
+    x = torch.as_tensor(np.stack([part[k][keep] for k in target], 1), dtype=torch.float32)
+    c = torch.as_tensor(np.stack([part[k][keep] for k in context], 1), dtype=torch.float32)
+    if weight:
+        return x, c, torch.as_tensor(part[weight[0]][keep], dtype=torch.float32)
+    return x, c
+
+
+class Surrogate:
+    """A trained conditional surrogate loaded from a run directory (physical units in and out).
+
+    Example:
+        >>> s = Surrogate.load("runs/klm", recipe="klm-timing")               # doctest: +SKIP
+        >>> dt = s.sample({"z": [0.0], "theta": [1.4], "p": [2.0]}, 1000)     # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: Path, info: dict[str, Any], flow: Any, count: Any | None) -> None:
+        self.run_dir, self.info, self.flow, self.count = run_dir, info, flow, count
+
+    @classmethod
+    def load(cls, run_dir: str | Path, recipe: str | None = None) -> Surrogate:
+        """Load a run directory written by :func:`train`.
+
+        A directory that is not a run, was trained for another recipe than ``recipe``, or was
+        written by an incompatible detlearn version gives a one-line :class:`DetlearnError`.
+        """
+        from detlearn.models import load_model
+
+        run_dir = Path(run_dir)
+        path = run_dir / RUN_FILE
+        if not path.is_file():
+            raise DetlearnError(f"{run_dir}: not a detlearn run directory (no {RUN_FILE})")
+        try:
+            info = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DetlearnError(f"{path}: not valid JSON ({err.msg})") from None
+        if info.get("format") != RUN_FORMAT:
+            raise DetlearnError(
+                f"{run_dir}: run format {info.get('format')} written by detlearn "
+                f"{info.get('detlearn_version')} is not readable by detlearn {__version__} "
+                f"(format {RUN_FORMAT}); retrain it"
+            )
+        if recipe is not None and info.get("recipe") != recipe:
+            raise DetlearnError(
+                f"{run_dir}: run was trained for recipe '{info.get('recipe')}', not '{recipe}'"
+            )
+        flow = load_model(run_dir / "flow")
+        count = load_model(run_dir / "count") if info.get("count") else None
+        return cls(run_dir, info, flow, count)
+
+    @property
+    def context_names(self) -> list[str]:
+        """Names of the context columns, in model order."""
+        return [c["name"] for c in self.info["context"]]
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names of the target columns, in model order."""
+        return [t["name"] for t in self.info["target"]]
+
+    def context_array(self, context: Mapping[str, Any] | np.ndarray) -> np.ndarray:
+        """Contexts as a [B, C] float array, checked for names and finiteness.
+
+        Contexts outside the training range raise a :class:`ContextRangeWarning` with the
+        fraction of rows outside and the range of every offending column.
+        """
+        if isinstance(context, Mapping):
+            needs = ", ".join(self.context_names)
+            missing = [k for k in self.context_names if k not in context]
+            if missing:
+                raise DetlearnError(f"context: missing column '{missing[0]}' (needs {needs})")
+            extra = sorted(set(context) - set(self.context_names))
+            if extra:
+                raise DetlearnError(f"context: unknown column '{extra[0]}' (needs {needs})")
+            arrays = [
+                np.atleast_1d(np.asarray(context[k], dtype=np.float64)) for k in self.context_names
+            ]
+            c = np.stack(np.broadcast_arrays(*arrays), axis=1)
+        else:
+            c = np.asarray(context, dtype=np.float64).reshape(-1, len(self.context_names))
+        for j, name in enumerate(self.context_names):
+            bad = int((~np.isfinite(c[:, j])).sum())
+            if bad:
+                raise DetlearnError(f"context: column '{name}' has {bad} non-finite rows")
+        lo = np.array([k["min"] for k in self.info["context"]])
+        hi = np.array([k["max"] for k in self.info["context"]])
+        outside = (c < lo) | (c > hi)
+        if outside.any():
+            cols = [
+                f"{name} in [{lo[j]:.4g}, {hi[j]:.4g}]"
+                for j, name in enumerate(self.context_names)
+                if outside[:, j].any()
+            ]
+            warnings.warn(
+                f"{outside.any(axis=1).mean():.1%} of contexts lie outside the training range "
+                f"({'; '.join(cols)}): the surrogate extrapolates there",
+                ContextRangeWarning,
+                stacklevel=2,
+            )
+        return c
+
+    def _tensor(self, c: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(c, dtype=torch.float32)
+
+    @torch.no_grad()
+    def sample(
+        self, context: Mapping[str, Any] | np.ndarray, n: int, seed: int | None = None
+    ) -> np.ndarray:
+        """``n`` samples per context row: [B, n, F] in physical units.
+
+        The conditioner runs once per context row, the cheap inverse once per sample.
+        """
+        c = self._tensor(self.context_array(context))
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self.flow.sample(c, n, generator=gen).numpy()
+
+    @torch.no_grad()
+    def log_prob(self, x: np.ndarray, context: Mapping[str, Any] | np.ndarray) -> np.ndarray:
+        """log p(x | c) [B] in nats per unit of x."""
+        c = self._tensor(self.context_array(context))
+        xt = torch.as_tensor(
+            np.asarray(x, dtype=np.float64).reshape(len(c), -1), dtype=torch.float32
+        )
+        return self.flow.log_prob(xt, c).numpy()
+
+    @torch.no_grad()
+    def pit(self, x: np.ndarray, context: Mapping[str, Any] | np.ndarray) -> np.ndarray:
+        """Probability integral transform u = F(x | c) [B] of a one-target surrogate."""
+        c = self._tensor(self.context_array(context))
+        xt = torch.as_tensor(
+            np.asarray(x, dtype=np.float64).reshape(len(c), -1), dtype=torch.float32
+        )
+        return self.flow.pit(xt, c).numpy()
+
+    @torch.no_grad()
+    def simulate_events(
+        self, context: Mapping[str, Any] | np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A whole fast simulation: N ~ count model, then N samples, per context row.
+
+        Returns ``(counts [B], event_index [sum N], samples [sum N, F])``.
+        """
+        if self.count is None:
+            raise DetlearnError(f"{self.run_dir}: this run has no count model (model.count: none)")
+        c = self._tensor(self.context_array(context))
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        counts = self.count.sample(c, generator=gen).numpy().astype(np.int64)
+        n_max = int(counts.max()) if len(counts) else 0
+        samples = self.flow.sample(c, max(n_max, 1), generator=gen).numpy()
+        keep = np.arange(max(n_max, 1))[None, :] < counts[:, None]
+        event = np.repeat(np.arange(len(counts)), counts)
+        return counts, event, samples[keep]

@@ -1,0 +1,416 @@
+r"""Training with Lightning: one LightningModule for every likelihood model, and :func:`fit`.
+
+Any model with a ``loss(batch) -> Tensor`` method (a mean negative log-likelihood: the
+:class:`~detlearn.models.ConditionalFlow` and the :class:`~detlearn.models.CountModel`), a
+``batch_keys`` tuple naming its batch columns, ``fit_normalization(*columns)``, and
+``spec()`` trains the same way:
+
+- AdamW; the learning rate rises linearly over the first 2 % of optimizer steps, then follows
+  a cosine down to lr / 100, stepped per batch; gradients are clipped to norm 5.
+- Early stopping on ``val_loss``; checkpoints ``run_dir/checkpoints/best.ckpt`` and
+  ``last.ckpt`` (Lightning's own, kept only for ``resume`` and read with ``weights_only=True``).
+- ``run_dir/history.csv`` (one row per epoch: epoch, train_loss, val_loss, lr, elapsed_s) and
+  ``run_dir/loss.png``; the best weights in ``run_dir/model.safetensors`` + ``model.json``.
+- Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains with DDP (gloo on CPU, nccl on
+  GPU); only global rank 0 writes the final artifacts.
+
+Example:
+    >>> from detlearn.config import FlowConfig, TrainingConfig
+    >>> from detlearn.models import ConditionalFlow
+    >>> flow = ConditionalFlow(1, 1, FlowConfig(hidden=[32]), lower=[0.0])
+    >>> train = {"target": x_train, "context": c_train}  # doctest: +SKIP
+    >>> result = fit(flow, train, val, TrainingConfig(), "runs/a")  # doctest: +SKIP
+    >>> result.best_val_loss  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader, TensorDataset
+
+from detlearn.config import TrainingConfig
+from detlearn.errors import DetlearnError
+from detlearn.models import WEIGHTS_FILE, save_model
+
+__all__ = ["DensityModule", "FitResult", "fit", "lr_factor"]
+
+Arrays = Mapping[str, np.ndarray] | Sequence[np.ndarray]
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "elapsed_s")
+_WARMUP_FRACTION = 0.02
+_FINAL_LR_FRACTION = 0.01
+_CLIP_NORM = 5.0
+
+
+def lr_factor(step: int, total: int, schedule: str = "cosine") -> float:
+    r"""Multiplier of the peak learning rate at optimizer step ``step`` of ``total``.
+
+    Linear warm-up over the first ``w = max(1, round(0.02 total))`` steps, then
+
+    .. math:: f = 0.01 + 0.99 \cdot \tfrac12 \left(1 + \cos \pi \tfrac{s - w}{T - w}\right).
+
+    ``schedule="none"`` keeps the rate constant.
+
+    Example:
+        >>> lr_factor(0, 1000), lr_factor(20, 1000), lr_factor(1000, 1000)
+        (0.05, 1.0, 0.01)
+    """
+    if schedule == "none":
+        return 1.0
+    warmup = max(1, round(_WARMUP_FRACTION * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return _FINAL_LR_FRACTION + (1 - _FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DensityModule(L.LightningModule):
+    """Trains ``model`` by minimizing ``model.loss(batch)`` (a mean NLL in nats).
+
+    Logs per epoch ``train_loss``, ``val_loss``, ``lr`` and ``elapsed`` (seconds of training,
+    counted across resumes).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainingConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self._elapsed_before = 0.0
+        self._started = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model.loss(batch)
+        # on_step=False: with DDP the mean is reduced across ranks once, at epoch end.
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch[0]),
+            sync_dist=True,
+        )
+        return loss
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        loss = self.model.loss(batch)
+        self.log("val_loss", loss, on_epoch=True, batch_size=len(batch[0]), sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", lr, sync_dist=True)
+        self.log("elapsed", self._elapsed(), sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["detlearn_elapsed_s"] = self._elapsed()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._elapsed_before = float(checkpoint.get("detlearn_elapsed_s", 0.0))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = self.cfg.schedule
+
+        def factor(step: int) -> float:
+            return lr_factor(step, total, schedule)
+
+        # A plain function keeps the scheduler's state_dict free of pickled objects.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` produced.
+
+    Attributes:
+        best_val_loss: lowest validation loss (mean NLL, nats) over all epochs.
+        epochs: epochs completed in total (including those before a resume).
+        wall_seconds: wall-clock time of this call.
+        weights: the best weights, ``run_dir/model.safetensors`` (beside ``model.json``).
+        history: ``run_dir/history.csv``.
+    """
+
+    best_val_loss: float
+    epochs: int
+    wall_seconds: float
+    weights: Path
+    history: Path
+
+
+def _tensors(data: Arrays, keys: Sequence[str], which: str) -> list[torch.Tensor]:
+    """The batch columns of ``data`` as float32 tensors, in the model's ``batch_keys`` order.
+
+    A mapping may add a ``"weight"`` column (per-row weights of the loss).
+    """
+    if isinstance(data, Mapping):
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise DetlearnError(f"{which} data: missing column(s) {missing}; expected {list(keys)}")
+        arrays = [data[k] for k in keys] + ([data["weight"]] if "weight" in data else [])
+    else:
+        arrays = list(data)
+    tensors = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays]
+    lengths = {len(t) for t in tensors}
+    if len(lengths) != 1:
+        raise DetlearnError(f"{which} data: columns have different lengths {sorted(lengths)}")
+    if lengths == {0}:
+        raise DetlearnError(f"{which} data: no rows")
+    return tensors
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Lightning's informational banners (accelerator, seed, tips) for the block."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # Expected when resuming: the checkpoints we resume from are in that directory.
+            warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            # Lightning 2.6 still uses torch's deprecated pytree LeafSpec; not actionable here.
+            warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _restore_determinism(enabled: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled)
+
+
+def _distributed() -> tuple[int, int]:
+    """(devices per node, nodes) from torchrun's environment; (1, 1) outside torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return local, max(1, world // local)
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def fit(
+    model: torch.nn.Module,
+    train: Arrays,
+    val: Arrays,
+    cfg: TrainingConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    *,
+    normalize: bool = True,
+) -> FitResult:
+    """Train ``model`` on in-memory arrays and leave its best weights in ``run_dir``.
+
+    Arguments:
+        model: a model following the convention in the module docstring.
+        train: the training columns, a mapping keyed by ``model.batch_keys`` (plus optional
+            ``"weight"``) or a tuple in that order, shaped as the model's ``loss`` expects
+            (flow: target [N, F], context [N, C]; counts: count [N], context [N, C]).
+        val: the validation columns, same layout.
+        cfg: training settings (batch size, lr, epochs, patience, max_rows, max_minutes, seed).
+        run_dir: output directory. A fresh fit (``resume=False``) replaces its
+            ``checkpoints/`` and ``logs/`` folders.
+        resume: continue from ``run_dir/checkpoints/last.ckpt`` up to ``cfg.max_epochs``
+            epochs in total (optimizer, scheduler, early-stopping state included).
+        progress: show a rich progress bar.
+        normalize: on a fresh fit, call ``model.fit_normalization`` on the training columns
+            (the normalization is part of the weights, so a resume keeps the saved one).
+
+    Returns:
+        A :class:`FitResult`; ``model`` holds the best weights afterwards.
+    """
+    run_dir = Path(run_dir)
+    keys = model.batch_keys
+    train_t, val_t = _tensors(train, keys, "train"), _tensors(val, keys, "val")
+    if cfg.max_rows is not None and len(train_t[0]) > cfg.max_rows:
+        # A random subset: files are often ordered by condition, so a head would be biased.
+        rng = np.random.default_rng(cfg.seed)
+        keep = torch.as_tensor(np.sort(rng.choice(len(train_t[0]), cfg.max_rows, replace=False)))
+        train_t = [t[keep] for t in train_t]
+
+    ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
+    last = ckpt_dir / "last.ckpt"
+    is_rank_zero = int(os.environ.get("RANK", "0")) == 0
+    if resume and not last.is_file():
+        raise DetlearnError(f"{last}: no checkpoint to resume from")
+    if not resume:
+        if is_rank_zero:
+            for stale in (ckpt_dir, log_dir):
+                shutil.rmtree(stale, ignore_errors=True)
+        if normalize:
+            model.fit_normalization(*train_t[: len(keys)])
+
+    started = time.perf_counter()
+    # Lightning switches deterministic algorithms on process-wide; give the caller theirs back.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    with _quiet(), _restore_determinism(was_deterministic):
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        train_loader = DataLoader(
+            TensorDataset(*train_t), batch_size=cfg.batch_size, shuffle=True, generator=shuffle
+        )
+        val_loader = DataLoader(TensorDataset(*val_t), batch_size=4 * cfg.batch_size)
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        )
+        callbacks: list[Callback] = [
+            EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience),
+            checkpoint,
+        ]
+        if progress:
+            callbacks.append(RichProgressBar())
+        devices, nodes = _distributed()
+        cuda = _uses_cuda(cfg.accelerator)
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=devices,
+            num_nodes=nodes,
+            strategy=(
+                DDPStrategy(process_group_backend="nccl" if cuda else "gloo")
+                if devices * nodes > 1
+                else "auto"
+            ),
+            max_epochs=cfg.max_epochs,
+            max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
+            gradient_clip_val=_CLIP_NORM,
+            gradient_clip_algorithm="norm",
+            callbacks=callbacks,
+            logger=CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=1),
+            log_every_n_steps=1,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            # Deterministic CUDA kernels need CUBLAS_WORKSPACE_CONFIG and cost speed; CPU
+            # kernels are deterministic at no cost.
+            deterministic=not cuda,
+            default_root_dir=run_dir,
+        )
+        module = DensityModule(model, cfg)
+        trainer.fit(
+            module,
+            train_loader,
+            val_loader,
+            ckpt_path=last if resume else None,
+            weights_only=True,
+        )
+    wall = time.perf_counter() - started
+
+    best = checkpoint.best_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    best_loss = checkpoint.best_model_score
+    history = run_dir / "history.csv"
+    if trainer.is_global_zero:
+        save_model(model, run_dir)
+        rows = _write_history(log_dir, history)
+        _plot_losses(rows, run_dir / "loss.png")
+    trainer.strategy.barrier("detlearn-artifacts")
+    return FitResult(
+        best_val_loss=float(best_loss) if best_loss is not None else math.nan,
+        epochs=trainer.current_epoch,
+        wall_seconds=wall,
+        weights=run_dir / WEIGHTS_FILE,
+        history=history,
+    )
+
+
+def _read_epochs(metrics: Path) -> dict[int, dict[str, str]]:
+    """Lightning's metrics.csv (one row per log call) folded into one row per epoch."""
+    rows: dict[int, dict[str, str]] = {}
+    with metrics.open(newline="") as f:
+        for record in csv.DictReader(f):
+            if not record.get("epoch"):
+                continue
+            row = rows.setdefault(int(float(record["epoch"])), {})
+            row.update({k: v for k, v in record.items() if v not in ("", None)})
+    return rows
+
+
+def _write_history(log_dir: Path, path: Path) -> list[dict[str, float]]:
+    """Merge every logged version (one per fit/resume) into ``history.csv``; returns the rows.
+
+    A resumed run restarts at the epoch after its checkpoint, so its rows replace any rows
+    the interrupted run logged from that epoch on.
+    """
+    versions = sorted(
+        log_dir.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    merged: dict[int, dict[str, str]] = {}
+    for metrics in versions:
+        epochs = _read_epochs(metrics)
+        if epochs:
+            start = min(epochs)
+            merged = {e: r for e, r in merged.items() if e < start} | epochs
+    names = {"elapsed_s": "elapsed"}
+    rows = [
+        {
+            col: float(merged[e].get(names.get(col, col), "nan")) if col != "epoch" else e
+            for col in HISTORY_COLUMNS
+        }
+        for e in sorted(merged)
+    ]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return rows
+
+
+def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
+    """Train and validation loss per epoch (Figure directly: no pyplot, no GUI backend)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    epochs = [r["epoch"] for r in rows]
+    ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in rows], marker=".", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean NLL) [nats]")
+    ax.legend()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,262 @@
+"""ConditionalFlow: zuko-style checks over every flow kind and every support kind."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from detlearn.config import FlowConfig
+from detlearn.errors import DetlearnError
+from detlearn.models import ConditionalFlow, export_sampler_onnx, load_model, save_model
+
+KINDS = ["nsf", "maf", "realnvp"]
+# name -> (lower, upper)
+SUPPORTS = {
+    "none": (None, None),
+    "lower": (1.5, None),
+    "upper": (None, -2.0),
+    "both": (-1.0, 3.0),
+}
+CONTEXT = 2
+
+
+def make_flow(kind: str, supports: list[str], seed: int = 0, **cfg: object) -> ConditionalFlow:
+    """A randomly initialized flow with normalization fitted to data inside its support."""
+    torch.manual_seed(seed)
+    lower = [SUPPORTS[s][0] for s in supports]
+    upper = [SUPPORTS[s][1] for s in supports]
+    config = FlowConfig(kind=kind, hidden=[16, 16], transforms=2, bins=6, **cfg)
+    flow = ConditionalFlow(len(supports), CONTEXT, config, lower, upper)
+    y = 1.5 * torch.randn(500, len(supports)) + 0.5
+    c = 2.0 * torch.randn(500, CONTEXT) + 1.0
+    flow.fit_normalization(flow._unsupport(y), c)
+    return flow
+
+
+def in_support(flow: ConditionalFlow, x: torch.Tensor) -> bool:
+    ok = torch.isfinite(x).all()
+    for j, (lo, hi) in enumerate(zip(flow.lower, flow.upper, strict=True)):
+        if lo is not None:
+            ok &= (x[..., j] > lo).all()
+        if hi is not None:
+            ok &= (x[..., j] < hi).all()
+    return bool(ok)
+
+
+MIXED = ["none", "lower", "upper", "both"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("supports", [["lower"], MIXED[:3]])
+def test_shapes(kind, supports):
+    flow = make_flow(kind, supports)
+    f = len(supports)
+    c = torch.randn(5, CONTEXT)
+    x = flow.sample(c, 7)
+    assert x.shape == (5, 7, f)
+    assert flow.log_prob(x[:, 0], c).shape == (5,)
+    assert flow.sample_from_noise(torch.randn(5, f), c).shape == (5, f)
+    assert flow.latent(x[:, 0], c).shape == (5, f)
+    assert flow.loss((x[:, 0], c)).shape == ()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("supports", [["both"], MIXED])
+def test_gradients_reach_every_parameter(kind, supports):
+    flow = make_flow(kind, supports)
+    c = torch.randn(64, CONTEXT)
+    x = flow.sample(c, 1)[:, 0]
+    flow.loss((x, c)).backward()
+    for name, p in flow.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def _substitution(support: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x(t) covering the support and dx/dt, written out independently of the model."""
+    lo, hi = SUPPORTS[support]
+    if support == "none":
+        return t, torch.ones_like(t)
+    if support == "lower":
+        return lo + t.exp(), t.exp()
+    if support == "upper":
+        return hi - (-t).exp(), (-t).exp()
+    s = torch.sigmoid(t)
+    return lo + (hi - lo) * s, (hi - lo) * s * (1 - s)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("support", list(SUPPORTS))
+def test_density_integrates_to_one_in_physical_units(kind, support):
+    flow = make_flow(kind, [support]).double()
+    mean, std = float(flow.x_mean), float(flow.x_std)
+    t = torch.linspace(mean - 12 * std, mean + 12 * std, 40_001, dtype=torch.float64)
+    x, dxdt = _substitution(support, t)
+    for c in torch.randn(3, CONTEXT, dtype=torch.float64):
+        with torch.no_grad():
+            p = flow.log_prob(x[:, None], c.expand(len(x), CONTEXT)).exp()
+        total = torch.trapezoid(p * dxdt, t).item()
+        assert total == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("supports", [["lower"], ["both"], MIXED])
+def test_sample_inverse_round_trip(kind, supports):
+    flow = make_flow(kind, supports)
+    z = torch.randn(200, len(supports)).clamp(-3, 3)
+    c = torch.randn(200, CONTEXT)
+    with torch.no_grad():
+        back = flow.latent(flow.sample_from_noise(z, c), c)
+    torch.testing.assert_close(back, z, atol=1e-4, rtol=1e-4)
+
+
+def test_support_and_standardization_logdet_matches_autograd():
+    flow = make_flow("nsf", MIXED).double()
+    x = flow._unsupport(torch.randn(50, 4, dtype=torch.float64)).requires_grad_()
+    u, ladj = flow._to_flow_space(x)
+    jac = torch.stack(
+        [torch.autograd.grad(u[:, j].sum(), x, retain_graph=True)[0] for j in range(4)], dim=1
+    )  # [N, F(u), F(x)], diagonal for an element-wise map
+    off = jac * (1 - torch.eye(4, dtype=jac.dtype))
+    assert off.abs().max() == 0
+    expected = torch.logdet(jac)
+    torch.testing.assert_close(ladj, expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("support", ["lower", "upper", "both"])
+def test_every_sample_is_inside_the_support_even_for_extreme_noise(kind, support):
+    flow = make_flow(kind, [support])
+    c = 3.0 * torch.randn(400, CONTEXT)
+    z = torch.cat([torch.full((100, 1), v) for v in (-8.0, 8.0, -40.0, 40.0)])
+    assert in_support(flow, flow.sample_from_noise(z, c).detach())
+    assert in_support(flow, flow.sample(c[:50], 2000, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_log_prob_is_minus_inf_outside_the_support(kind):
+    flow = make_flow(kind, ["both"])
+    x = torch.tensor([[-1.0], [3.0], [-5.0], [9.0], [1.0]])
+    lp = flow.log_prob(x, torch.zeros(5, CONTEXT))
+    assert torch.isinf(lp[:4]).all() and (lp[:4] < 0).all()
+    assert torch.isfinite(lp[4])
+
+
+def test_fit_normalization_names_the_feature_outside_its_support():
+    flow = ConditionalFlow(2, 1, FlowConfig(), [None, 0.0], None, names=["z", "dt"])
+    x = torch.tensor([[0.0, 1.0], [1.0, -0.5], [2.0, 0.0]])
+    with pytest.raises(DetlearnError, match="'dt': 2 of 3 rows"):
+        flow.fit_normalization(x, torch.zeros(3, 1))
+
+
+def test_bounds_are_validated():
+    with pytest.raises(DetlearnError, match="not below"):
+        ConditionalFlow(1, 1, FlowConfig(), [2.0], [1.0])
+    with pytest.raises(DetlearnError, match="expected 1"):
+        ConditionalFlow(1, 1, FlowConfig(), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_conditioner_runs_once_per_context_row(kind):
+    flow = make_flow(kind, ["lower"])
+    rows: list[int] = []
+    hypers = [m for name, m in flow.named_modules() if name.endswith("hyper")]
+    assert hypers
+    for m in hypers:
+        m.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
+    flow.sample(torch.randn(5, CONTEXT), 1000)
+    assert rows == [5] * len(hypers)
+
+
+def test_pit_is_the_model_cdf():
+    flow = make_flow("nsf", ["lower"])
+    z = torch.linspace(-3, 3, 101)[:, None]
+    c = torch.randn(1, CONTEXT).expand(101, CONTEXT)
+    with torch.no_grad():
+        u = flow.pit(flow.sample_from_noise(z, c), c)
+    torch.testing.assert_close(u, torch.special.ndtr(z[:, 0]), atol=3e-5, rtol=0)
+
+
+def test_weighted_loss_is_the_weighted_mean_nll():
+    flow = make_flow("maf", ["none"])
+    x, c = torch.randn(4, 1), torch.randn(4, CONTEXT)
+    w = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    nll = -flow.log_prob(x, c)
+    torch.testing.assert_close(flow.loss((x, c, w)), (nll * w).sum() / 4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_keeps_density_samples_and_conditioning(kind, tmp_path):
+    flow = make_flow(kind, MIXED[:2])
+    save_model(flow, tmp_path)
+    spec = json.loads((tmp_path / "model.json").read_text())
+    assert spec["kind"] == "conditional_flow" and spec["lower"] == [None, 1.5]
+    loaded = load_model(tmp_path)
+    assert isinstance(loaded, ConditionalFlow) and loaded.spec() == flow.spec()
+    flow.eval()
+    c = torch.randn(6, CONTEXT)
+    x = flow.sample(c, 1)[:, 0]
+    torch.testing.assert_close(loaded.log_prob(x, c), flow.log_prob(x, c), atol=0, rtol=0)
+
+    def draw(model, context):
+        return model.sample(context, 50, generator=torch.Generator().manual_seed(3))
+
+    assert torch.equal(draw(loaded, c), draw(flow, c))
+    # FEDHEX's reload silently dropped the context: samples must still depend on it.
+    assert not torch.allclose(draw(loaded, c), draw(loaded, c + 1.0))
+
+
+def test_load_model_reports_missing_files_and_unknown_kinds(tmp_path):
+    with pytest.raises(DetlearnError, match="not found"):
+        load_model(tmp_path)
+    save_model(make_flow("nsf", ["none"]), tmp_path)
+    spec = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**spec, "kind": "teapot"}))
+    with pytest.raises(DetlearnError, match="unknown model kind 'teapot'"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "supports"),
+    [("nsf", ["lower"]), ("maf", ["both"]), ("realnvp", ["upper"]), ("nsf", MIXED[:2])],
+)
+def test_onnx_sampler_matches_pytorch(kind, supports, tmp_path):
+    flow = make_flow(kind, supports)
+    path = export_sampler_onnx(flow, tmp_path / "sampler.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["noise", "context"]
+    gen = torch.Generator().manual_seed(7)
+    for batch in (1, 257):
+        z = torch.randn(batch, len(supports), generator=gen)
+        c = 2.0 * torch.randn(batch, CONTEXT, generator=gen)
+        (out,) = session.run(None, {"noise": z.numpy(), "context": c.numpy()})
+        with torch.no_grad():
+            ref = flow.sample_from_noise(z, c).numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        assert in_support(flow, torch.from_numpy(out))
+
+
+def test_onnx_export_requires_opset_17(tmp_path):
+    with pytest.raises(ValueError, match="opset"):
+        export_sampler_onnx(make_flow("nsf", ["none"]), tmp_path / "s.onnx", opset=13)
+
+
+def test_lower_bound_zero_samples_stay_positive_and_finite():
+    # A bound at 0: the first float inside is the smallest normal float, not a subnormal.
+    flow = ConditionalFlow(1, 1, FlowConfig(kind="maf", hidden=[4]), [0.0])
+    x = flow.sample_from_noise(torch.tensor([[-1e4]]), torch.zeros(1, 1)).detach()
+    assert x.item() >= torch.finfo(torch.float32).tiny
+    assert math.isfinite(flow.log_prob(x, torch.zeros(1, 1)).item())
+
+
+def test_float64_inputs_are_accepted_by_a_float32_model():
+    flow = make_flow("nsf", ["lower"])
+    x, c = flow.sample(torch.randn(3, CONTEXT), 1)[:, 0].double(), torch.randn(3, CONTEXT)
+    assert flow.log_prob(x, c.double()).dtype == torch.float32
+    assert flow.sample(c.double(), 4).dtype == torch.float32
