@@ -9,7 +9,7 @@ The package is layered; each layer imports only the ones above it in this list:
 - ``parallel``: executors behind ``concurrent.futures.Executor`` (local, dask, slurm).
 - ``prepare``: ROOT files -> dataset directory, resumable.
 - ``models``, ``training``: zuko flows and other models, Lightning training.
-- ``run``, ``evaluation``, ``report``, ``export``: trained run directories and what is done with them.
+- ``run``, ``evaluation``, ``report``, ``export``: trained run directories and their uses.
 - ``recipes``: the physics (simulators, extractors, default configs); the core never imports them.
 - ``cli``: the ``detlearn`` command, a thin shell over the functions above.
 """
