@@ -141,6 +141,102 @@ def prepare(
         err.print(f"[yellow]failed:[/] {bad['path']}: {bad['reason']}", highlight=False)
 
 
+@app.command()
+@_user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="run config (YAML)")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset folder")] = Path(
+        "dataset"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("run"),
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Train the config's model on a prepared dataset; writes a run folder."""
+    from detlearn.config import load_config
+    from detlearn.run import train as run_train
+
+    cfg = load_config(config, parse_overrides(set_))
+    run_dir = run_train(cfg, data, out_dir, resume=resume, progress=not quiet)
+    out.print(f"trained run in {run_dir}")
+
+
+def parse_context(items: list[str]) -> dict[str, list[float]]:
+    """``["z=0,theta=1.4,p=2", "z=100,theta=1.2,p=5"]`` -> column lists."""
+    rows = []
+    for item in items:
+        row = {}
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            try:
+                row[key.strip()] = float(value)
+            except ValueError:
+                raise DetlearnError(f"--context '{item}': expected NAME=NUMBER pairs") from None
+            if not sep:
+                raise DetlearnError(f"--context '{item}': expected NAME=NUMBER pairs")
+        rows.append(row)
+    keys = set(rows[0]) if rows else set()
+    if any(set(r) != keys for r in rows):
+        raise DetlearnError("--context: every context must name the same columns")
+    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+@app.command()
+@_user_errors
+def sample(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    context: Annotated[
+        list[str], typer.Option("--context", "-c", help="z=0,theta=1.4,p=2 (repeatable)")
+    ],
+    n: Annotated[int, typer.Option("-n", help="samples per context")] = 100_000,
+    output: Annotated[Path, typer.Option("--output", "-o", help="parquet file")] = Path(
+        "samples.parquet"
+    ),
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Draw samples from a trained surrogate at given contexts; writes parquet."""
+    from detlearn.run import Surrogate, write_samples
+
+    surrogate = Surrogate.load(run)
+    contexts = parse_context(context)
+    write_samples(surrogate, contexts, n, output, seed=seed)
+    out.print(f"wrote {n * len(next(iter(contexts.values()))):,} samples to {output}")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="report folder")] = None,
+) -> None:
+    """Validate a run against its recipe's simulator; writes report.html + metrics.json."""
+    from detlearn.recipes import get_recipe
+    from detlearn.run import Surrogate
+
+    recipe = Surrogate.load(run).info.get("recipe")
+    if not recipe:
+        raise DetlearnError(f"{run}: run has no recipe, so there is no simulator to compare with")
+    report = get_recipe(recipe).function("evaluate")(run, out_dir or run / "report")
+    out.print(f"report: {report}")
+
+
+@app.command("export")
+@_user_errors
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="export folder")] = None,
+) -> None:
+    """Export a run to ONNX with a JSON sidecar, checked against onnxruntime."""
+    from detlearn.export import export_run
+
+    sidecar = export_run(run, out_dir)
+    out.print(
+        f"exported {sidecar['model']} (opset {sidecar['opset']}), onnxruntime parity "
+        f"{sidecar['parity_max_abs']:.1e} on {sidecar['parity_rows']} held-out rows"
+    )
+
+
 def main() -> None:
     """Entry point of the ``detlearn`` console script."""
     app()

@@ -31,7 +31,7 @@ from detlearn.config import RunConfig
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json
 
-__all__ = ["ContextRangeWarning", "Surrogate", "train"]
+__all__ = ["ContextRangeWarning", "Surrogate", "train", "write_samples"]
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
@@ -315,3 +315,27 @@ class Surrogate:
         keep = np.arange(max(n_max, 1))[None, :] < counts[:, None]
         event = np.repeat(np.arange(len(counts)), counts)
         return counts, event, samples[keep]
+
+
+def write_samples(
+    surrogate: Surrogate,
+    context: Mapping[str, Any] | np.ndarray,
+    n: int,
+    path: str | Path,
+    seed: int | None = None,
+) -> Path:
+    """Sample ``n`` rows per context and write context + target columns to parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detlearn.io.dataset import atomic_write_bytes
+
+    c = surrogate.context_array(context)
+    x = surrogate.sample(c, n, seed=seed)
+    columns = {name: np.repeat(c[:, j], n) for j, name in enumerate(surrogate.context_names)}
+    columns |= {name: x[:, :, j].reshape(-1) for j, name in enumerate(surrogate.target_names)}
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    path = Path(path)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path

@@ -1,0 +1,126 @@
+"""The run API on a small synthetic problem: train, load, sample, export, and bad runs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_tree
+
+from detlearn.cli import app
+from detlearn.config import validate_config
+from detlearn.errors import DetlearnError
+from detlearn.export import export_run
+from detlearn.prepare import prepare
+from detlearn.run import ContextRangeWarning, Surrogate, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """t ~ LogNormal(log(1 + c), 0.3) [ns] and N ~ Poisson(5 + 5c), c ~ U(0, 1)."""
+    tmp = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(1)
+    n = 6000
+    c = rng.uniform(0, 1, n)
+    write_tree(
+        tmp / "toy.root",
+        "Events",
+        {"c": c, "t": rng.lognormal(np.log1p(c), 0.3), "n": rng.poisson(5 + 5 * c).astype(np.int64)},
+    )
+    cfg = validate_config(
+        {
+            "recipe": None,
+            "data": {
+                "inputs": [str(tmp / "toy.root")],
+                "columns": {
+                    "c": {"role": "context", "unit": "GeV"},
+                    "t": {"role": "target", "unit": "ns", "lower": 0.0},
+                    "n": {"role": "observer"},
+                },
+            },
+            "executor": {"workers": 1},
+            "model": {"count": "negbinom", "count_column": "n", "count_hidden": [16],
+                      "flow": {"transforms": 2, "hidden": [32, 32], "bins": 8}},
+            "training": {"batch_size": 512, "max_epochs": 8, "lr": 5e-3},
+        }
+    )
+    prepare(cfg, tmp / "ds", progress=False)
+    train(cfg, tmp / "ds", tmp / "run", progress=False)
+    return tmp
+
+
+def test_run_directory_holds_no_pickle(trained):
+    files = {p.name for p in (trained / "run").rglob("*") if p.is_file()}
+    assert {"run.json", "model.safetensors", "model.json", "history.csv"} <= files
+    info = json.loads((trained / "run" / "run.json").read_text())
+    assert [c["name"] for c in info["context"]] == ["c"] and info["target"][0]["lower"] == 0.0
+
+
+def test_samples_are_physical_and_follow_the_context(trained):
+    s = Surrogate.load(trained / "run")
+    x = s.sample({"c": [0.1, 0.9]}, 20_000, seed=0)
+    assert x.shape == (2, 20_000, 1) and (x > 0).all()
+    medians = np.median(x[:, :, 0], axis=1)
+    # True medians are 1.1 and 1.9; the tolerance is loose: 8 epochs on 4800 rows.
+    np.testing.assert_allclose(medians, [1.1, 1.9], rtol=0.15)
+
+
+def test_same_seed_same_samples_after_reload(trained):
+    a = Surrogate.load(trained / "run").sample({"c": [0.5]}, 100, seed=3)
+    b = Surrogate.load(trained / "run").sample({"c": [0.5]}, 100, seed=3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_simulate_events_draws_counts_and_photons(trained):
+    s = Surrogate.load(trained / "run")
+    counts, event, x = s.simulate_events({"c": np.full(2000, 0.5)}, seed=0)
+    assert len(event) == counts.sum() == len(x) and (x > 0).all()
+    assert abs(counts.mean() - 7.5) < 0.15 * 7.5
+
+
+def test_context_outside_training_range_warns_with_fraction(trained):
+    s = Surrogate.load(trained / "run")
+    with pytest.warns(ContextRangeWarning, match=r"50\.0% of contexts .* \(c in \["):
+        s.sample({"c": [0.5, 3.0]}, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.sample({"c": [0.5]}, 10)
+
+
+def test_nonfinite_context_names_column_and_rows(trained):
+    s = Surrogate.load(trained / "run")
+    with pytest.raises(DetlearnError, match=r"column 'c' has 2 non-finite rows"):
+        s.sample({"c": [np.nan, 0.5, np.inf]}, 10)
+
+
+def test_wrong_recipe_and_incompatible_version(trained, tmp_path):
+    with pytest.raises(DetlearnError, match="trained for recipe 'None', not 'klm-timing'"):
+        Surrogate.load(trained / "run", recipe="klm-timing")
+    with pytest.raises(DetlearnError, match="not a detlearn run directory"):
+        Surrogate.load(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"format": 99, "detlearn_version": "9.0"}))
+    with pytest.raises(DetlearnError, match="run format 99 written by detlearn 9.0 is not readable"):
+        Surrogate.load(tmp_path)
+
+
+def test_export_matches_onnxruntime(trained, tmp_path):
+    sidecar = export_run(trained / "run", tmp_path)
+    assert sidecar["parity_max_abs"] < 1e-4 and (tmp_path / "sampler.onnx").is_file()
+    assert sidecar["inputs"]["context"]["columns"][0]["name"] == "c"
+    assert json.loads((tmp_path / "sampler.json").read_text())["opset"] >= 17
+
+
+def test_cli_sample_writes_parquet(trained, tmp_path, runner):
+    out = tmp_path / "s.parquet"
+    result = runner.invoke(app, ["sample", str(trained / "run"), "-c", "c=0.2", "-c", "c=0.7", "-n", "500", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out).to_pydict()
+    assert len(table["t"]) == 1000 and set(table["c"]) == {0.2, 0.7}
+
+
+def test_cli_sample_bad_context(trained, runner):
+    result = runner.invoke(app, ["sample", str(trained / "run"), "-c", "x=0.2"])
+    assert result.exit_code == 2 and "missing column 'c'" in result.output
