@@ -102,7 +102,7 @@ def test_wrong_recipe_and_incompatible_version(trained, tmp_path):
     with pytest.raises(DetlearnError, match="not a detlearn run directory"):
         Surrogate.load(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"format": 99, "detlearn_version": "9.0"}))
-    with pytest.raises(DetlearnError, match="run format 99 written by detlearn 9.0 is not readable"):
+    with pytest.raises(DetlearnError, match=r"run format 99 written by detlearn 9\.0 is not readable"):
         Surrogate.load(tmp_path)
 
 
