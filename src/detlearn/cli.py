@@ -237,6 +237,34 @@ def export_cmd(
     )
 
 
+@app.command()
+@_user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("demo"),
+    recipe: Annotated[str, typer.Option(help="recipe to run")] = "klm-timing",
+    events: Annotated[int | None, typer.Option(help="events to simulate")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    set_: SetOption = None,
+) -> None:
+    """Simulate, prepare, train, evaluate and export a recipe on built-in data."""
+    import json
+
+    from detlearn.pipeline import run_recipe
+    from detlearn.recipes import get_recipe
+
+    n = events if events is not None else getattr(get_recipe(recipe).module, "DEMO_EVENTS", None)
+    if not n:
+        raise DetlearnError(f"recipe '{recipe}' has no demo size; pass --events")
+    result = run_recipe(recipe, out_dir, int(n), seed, parse_overrides(set_), console=out)
+    metrics = json.loads((result["report"].parent / "metrics.json").read_text())
+    for name, check in metrics.get("checks", {}).items():
+        mark = "[green]pass[/]" if check["pass"] else "[red]FAIL[/]"
+        out.print(
+            f"{mark}  {name} = {check['value']:.4g}  (target {check['op']} {check['threshold']:g})"
+        )
+    out.print(f"report: {result['report']}   total {result['timings']['total'] / 60:.1f} min")
+
+
 def main() -> None:
     """Entry point of the ``detlearn`` console script."""
     app()

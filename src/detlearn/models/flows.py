@@ -75,6 +75,28 @@ def _inside(bound: float, toward: float) -> float:
     return float(b + np.sign(step) * max(abs(step), tiny))
 
 
+class _BinarySearchRQS(zuko.transforms.MonotonicRQSTransform):
+    """zuko's rational-quadratic spline with a binary-search bin lookup when sampling.
+
+    zuko finds the bin by comparing a value with every knot and summing (exportable to ONNX,
+    where ``searchsorted`` has no operator), which for many samples per context spends most of
+    the time materializing [samples, contexts, knots] masks. Eager calls use
+    ``torch.searchsorted`` instead (same result: the number of knots below the value); traced
+    calls (ONNX export) keep zuko's form.
+    """
+
+    @staticmethod
+    def searchsorted(seq: Tensor, value: Tensor) -> Tensor:
+        lead = seq.shape[:-1]
+        extra = value.dim() - len(lead)
+        if torch.jit.is_tracing() or extra < 1 or value.shape[extra:] != lead:
+            return zuko.transforms.MonotonicRQSTransform.searchsorted(seq, value)
+        # Sample dimensions in front: move them behind the knots' batch dimensions.
+        flat = value.reshape(-1, *lead).movedim(0, -1).contiguous()
+        index = torch.searchsorted(seq.contiguous(), flat)
+        return index.movedim(-1, 0).reshape(value.shape)
+
+
 @register_model("conditional_flow")
 class ConditionalFlow(torch.nn.Module):
     """A conditional flow p(x | c) over ``features`` physical targets given ``context`` inputs.
@@ -152,7 +174,14 @@ class ConditionalFlow(torch.nn.Module):
     def _build(features: int, context: int, cfg: FlowConfig) -> zuko.flows.Flow:
         common = {"transforms": cfg.transforms, "hidden_features": list(cfg.hidden)}
         if cfg.kind == "nsf":
-            return zuko.flows.NSF(features, context, bins=cfg.bins, passes=cfg.passes, **common)
+            return zuko.flows.MAF(
+                features,
+                context,
+                univariate=_BinarySearchRQS,
+                shapes=[(cfg.bins,), (cfg.bins,), (cfg.bins - 1,)],
+                passes=cfg.passes,
+                **common,
+            )
         if cfg.kind == "maf":
             return zuko.flows.MAF(features, context, passes=cfg.passes, **common)
         # Affine coupling as a two-pass masked autoregressive flow rather than
