@@ -59,6 +59,11 @@ RECIPES: dict[str, Recipe] = {
             "detlearn.recipes.klm_timing",
             "EIC KLM bar: photon arrival-time surrogate p(dt | z, theta, |p|)",
         ),
+        Recipe(
+            "mass-grid",
+            "detlearn.recipes.mass_grid",
+            "FEDHEX mass-grid interpolation: p(m_phi, m_omega reco | generated masses)",
+        ),
     ]
 }
 
