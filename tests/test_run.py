@@ -108,7 +108,7 @@ def test_wrong_recipe_and_incompatible_version(trained, tmp_path):
 
 def test_export_matches_onnxruntime(trained, tmp_path):
     sidecar = export_run(trained / "run", tmp_path)
-    assert sidecar["parity_max_abs"] < 1e-4 and (tmp_path / "sampler.onnx").is_file()
+    assert sidecar["parity_max_scaled"] <= 1 and (tmp_path / "sampler.onnx").is_file()
     assert sidecar["inputs"]["context"]["columns"][0]["name"] == "c"
     assert json.loads((tmp_path / "sampler.json").read_text())["opset"] >= 17
 

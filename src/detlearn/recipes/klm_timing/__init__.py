@@ -1,0 +1,18 @@
+"""klm-timing: photon arrival times in the ePIC KLM scintillator bar (DESIGN.md, "KLM timing").
+
+- :mod:`.simulate`: the built-in bar simulator, writing ddsim's EDM4hep layout;
+- :mod:`.density`: the simulator's exact photon-delay density (what makes KL measurable);
+- :mod:`.features`: photon rows (context z, θ, |p|; target Δt) from ddsim or built-in files;
+- :mod:`.evaluate`: the validation report against the simulator.
+"""
+
+from __future__ import annotations
+
+from detlearn.recipes.klm_timing.evaluate import evaluate
+from detlearn.recipes.klm_timing.features import extract
+from detlearn.recipes.klm_timing.simulate import simulate
+
+__all__ = ["DEMO_EVENTS", "evaluate", "extract", "simulate"]
+
+#: Events simulated by ``detlearn demo`` (``make demo``).
+DEMO_EVENTS = 6000
