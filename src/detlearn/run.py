@@ -124,11 +124,13 @@ def train(
             c = torch.as_tensor(np.stack([part[k][first] for k in context], 1), dtype=torch.float32)
             counts[name] = (n, c)
         count = CountModel(len(context), cfg.model.count_hidden, context_names=context)
+        # One row per group is far fewer rows than the flow sees: keep >= 20 steps per epoch.
+        batch = min(cfg.training.batch_size, max(64, len(counts["train"][0]) // 20))
         fit(
             count,
             counts["train"],
             counts["val"],
-            cfg.training,
+            cfg.training.model_copy(update={"batch_size": batch}),
             out / "count",
             resume=resume,
             progress=progress,
