@@ -1,0 +1,103 @@
+"""klm-timing extractor: photon rows from EDM4hep files, in both schema generations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from detlearn.cli import app
+from detlearn.config import load_config
+from detlearn.io.dataset import Dataset
+from detlearn.prepare import prepare
+from detlearn.recipes.klm_timing.features import primary_context
+from detlearn.recipes.klm_timing.simulate import KLMSimConfig, simulate_events, write_edm4hep
+
+
+def _config(tmp_path, inputs, **data):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"recipe": "klm-timing", "data": {"inputs": inputs, **data}, "executor": {"workers": 1}}
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["particle-eDep", "MCParticle-EDep"])
+def test_rows_equal_the_simulated_photons(tmp_path, legacy):
+    cfg = KLMSimConfig(legacy_names=legacy, gun_z_max=740.0)
+    events = simulate_events(60, cfg, np.random.default_rng(4))
+    write_edm4hep(events, tmp_path / "klm.root", cfg)
+    prepare(
+        load_config(_config(tmp_path, [str(tmp_path / "klm.root")])),
+        tmp_path / "ds",
+        progress=False,
+    )
+    rows = Dataset.open(tmp_path / "ds").load(
+        ["event", "z", "theta", "p", "dt", "photon", "n_photons"]
+    )
+    photon = rows["photon"] == 1
+    order = np.lexsort((rows["dt"][photon], rows["event"][photon]))
+    want = np.lexsort((events.dt, events.photon_event))
+    np.testing.assert_array_equal(rows["event"][photon][order], events.photon_event[want])
+    np.testing.assert_allclose(rows["dt"][photon][order], events.dt[want], atol=2e-5)
+    ev = rows["event"]
+    np.testing.assert_allclose(rows["z"], events.z_hit[ev], atol=1e-6)
+    np.testing.assert_allclose(rows["theta"], events.theta[ev], atol=1e-9)
+    np.testing.assert_allclose(rows["p"], events.p[ev], rtol=1e-9)
+    np.testing.assert_array_equal(rows["n_photons"], events.n_photons[ev])
+
+
+def test_event_without_photons_keeps_one_placeholder_row(tmp_path):
+    cfg = KLMSimConfig(photodetection_efficiency=1e-4)  # almost every event has N = 0
+    events = simulate_events(50, cfg, np.random.default_rng(0))
+    assert (events.n_photons == 0).sum() > 10
+    write_edm4hep(events, tmp_path / "klm.root", cfg)
+    prepare(
+        load_config(_config(tmp_path, [str(tmp_path / "klm.root")])),
+        tmp_path / "ds",
+        progress=False,
+    )
+    rows = Dataset.open(tmp_path / "ds").load(["event", "photon", "n_photons"])
+    empty = rows["photon"] == 0
+    assert sorted(rows["event"][empty]) == sorted(np.flatnonzero(events.n_photons == 0))
+    assert (rows["n_photons"][empty] == 0).all()
+    assert len(rows["event"]) == events.n_photons.sum() + (events.n_photons == 0).sum()
+
+
+def test_t_hit_uses_the_full_momentum():
+    # A track at 45 degrees: the path to the plane 6 mm away is 6 * sqrt(2) mm.
+    ctx = primary_context(
+        np.array([[1769.3, 0.0, 0.0]]),
+        np.array([[1.0, 0.0, 1.0]]),
+        np.array([0.1056584]),
+        np.zeros(1),
+        1775.3,
+    )
+    beta = np.sqrt(2) / np.hypot(np.sqrt(2), 0.1056584)
+    assert ctx["t_hit"][0] == pytest.approx(6 * np.sqrt(2) / (beta * 299.792458), rel=1e-12)
+    assert ctx["z"][0] == pytest.approx(6.0) and ctx["theta"][0] == pytest.approx(np.pi / 4)
+
+
+def test_unknown_collection_lists_those_present(tmp_path, runner):
+    cfg = KLMSimConfig()
+    write_edm4hep(simulate_events(5, cfg, np.random.default_rng(0)), tmp_path / "klm.root", cfg)
+    config = _config(tmp_path, [str(tmp_path / "klm.root")], options={"collection": "EcalHits"})
+    result = runner.invoke(app, ["prepare", str(config), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert result.exit_code == 2
+    assert "no hit collection 'EcalHits'" in result.output and "HcalBarrelHits" in result.output
+
+
+def test_nonfinite_context_is_an_error_naming_column_and_count(tmp_path, runner):
+    cfg = KLMSimConfig()
+    events = simulate_events(20, cfg, np.random.default_rng(0))
+    # Primaries flying parallel to the bar never reach the reference plane: z is infinite.
+    events.px[:2] = 0.0
+    write_edm4hep(events, tmp_path / "bad.root", cfg)
+    config = _config(tmp_path, [str(tmp_path / "bad.root")])
+    result = runner.invoke(app, ["prepare", str(config), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    rows = int(events.n_photons[:2].clip(min=1).sum())
+    assert f"bad.root: column 'z' has {rows} non-finite values" in result.output
+    assert not (tmp_path / "ds" / "manifest.json").exists()
