@@ -215,6 +215,7 @@ def c2st_auc(
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
+    from threadpoolctl import threadpool_limits
 
     x_a, x_b = _rows(x_a), _rows(x_b)
     if x_a.shape[1] != x_b.shape[1]:
@@ -236,10 +237,13 @@ def c2st_auc(
     fold = rng.permutation(np.arange(n) % folds)
     fold = np.concatenate([fold, fold if paired else rng.permutation(fold)])
     score = np.empty(2 * n)
-    for k in range(folds):
-        test = fold == k
-        clf = HistGradientBoostingClassifier(random_state=seed).fit(x[~test], y[~test])
-        score[test] = clf.predict_proba(x[test])[:, 1]
+    # One OpenMP thread: the trees are small, and spinning OpenMP threads slow ten-fold when
+    # the cores are shared (a process pool, a training job next door).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for k in range(folds):
+            test = fold == k
+            clf = HistGradientBoostingClassifier(random_state=seed).fit(x[~test], y[~test])
+            score[test] = clf.predict_proba(x[test])[:, 1]
     return float(roc_auc_score(y, score))
 
 

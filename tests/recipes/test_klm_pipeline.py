@@ -1,0 +1,64 @@
+"""The whole klm-timing path on a tiny sample: simulate, prepare, train, evaluate, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from detlearn.cli import app
+from detlearn.errors import DetlearnError
+from detlearn.pipeline import run_recipe
+from detlearn.recipes.klm_timing.evaluate import TARGETS
+
+TINY = {
+    "model": {"flow": {"transforms": 1, "bins": 8, "hidden": [16]}, "count_hidden": [8]},
+    "training": {"max_epochs": 1, "batch_size": 4096},
+    "evaluation": {"max_rows": 3000, "options": {"reference_events": 200}},
+    "executor": {"workers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_recipe(
+        "klm-timing", out, events=300, seed=1, overrides=TINY, console=Console(quiet=True)
+    )
+
+
+def test_report_has_every_target_and_figure(demo):
+    out, result = demo
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(metrics["checks"]) == set(TARGETS)
+    assert metrics["metrics"]["unphysical_fraction"]["value"] == 0.0
+    html = result["report"].read_text()
+    assert html.count("<img") >= 10 and "kl_mean" in html and "c2st_auc" in html
+    rows = metrics["tables"][0]["rows"]
+    assert {r["variable"] for r in rows} == {"z", "theta", "p"} and len(rows) == 10 + 4 + 3
+
+
+def test_export_sidecar_names_inputs_and_units(demo):
+    out, result = demo
+    sidecar = json.loads((out / "run" / "export" / "sampler.json").read_text())
+    assert [c["name"] for c in sidecar["inputs"]["context"]["columns"]] == ["z", "theta", "p"]
+    assert sidecar["outputs"]["sample"]["columns"][0]["unit"] == "ns"
+    assert sidecar["parity_max_scaled"] <= 1 and result["timings"]["total"] > 0
+
+
+def test_evaluate_rejects_a_run_of_another_recipe(demo, tmp_path):
+    out, _ = demo
+    info = json.loads((out / "run" / "run.json").read_text())
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({**info, "recipe": "mass-grid"}))
+    from detlearn.recipes.klm_timing import evaluate
+
+    with pytest.raises(DetlearnError, match="trained for recipe 'mass-grid', not 'klm-timing'"):
+        evaluate(other, tmp_path / "report")
+
+
+def test_cli_evaluate_on_a_folder_that_is_not_a_run(tmp_path, runner):
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2 and "not a detlearn run directory" in result.output
