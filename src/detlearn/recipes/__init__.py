@@ -64,6 +64,11 @@ RECIPES: dict[str, Recipe] = {
             "detlearn.recipes.mass_grid",
             "FEDHEX mass-grid interpolation: p(m_phi, m_omega reco | generated masses)",
         ),
+        Recipe(
+            "hcal-energy",
+            "detlearn.recipes.hcal_energy",
+            "CMS HCAL channel energy regression (FACILE): DNN vs MAHI-lite",
+        ),
     ]
 }
 

@@ -1,0 +1,78 @@
+"""hcal-energy recipe: CMS HCAL HB/HE channel energy regression (FACILE), a DNN vs MAHI-lite.
+
+Layers:
+
+- :mod:`.simulate`: the channel simulator (:class:`HcalSimConfig`, :func:`generate_channels`),
+  its pulse shape, time slew and QIE digitization, and ROOT ntuples in FACILE's layout
+  (tree ``Events``: ``PU, depth, pt, ieta, iphi, gain, raw[8], ped[8], inNoiseADC[8],
+  inNoisePhoto[8], genE, energy, eraw``);
+- :mod:`.baselines`: the reconstructions to beat, :func:`mahi_lite` (``energy``) and
+  :func:`m0` (``eraw``), on the exact batched solver :func:`batched_nnls` and the
+  jitter-averaged pulse templates :func:`template_fractions`.
+
+The data path is config-only (``recipe.yaml``: the 36 model inputs as branch expressions, target
+``genE``, FACILE's selection ``genE > 0.1``).
+
+Example:
+    >>> files = simulate("sim", 1_000_000, seed=0)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from detlearn.recipes.hcal_energy.baselines import (
+    ACTIVE_BX,
+    MahiResult,
+    batched_nnls,
+    m0,
+    mahi_lite,
+    template_fractions,
+)
+from detlearn.recipes.hcal_energy.simulate import (
+    BRANCHES,
+    ETA_EDGES,
+    MAX_DEPTH,
+    SAMPLES,
+    SOI,
+    TS_NS,
+    HcalChannels,
+    HcalSimConfig,
+    config_from_options,
+    generate_channels,
+    pulse_density,
+    pulse_fractions,
+    pulse_shape,
+    pulse_survival,
+    qie_quantize,
+    simulate,
+    time_slew,
+    tower_eta,
+    write_channels,
+)
+
+__all__ = [
+    "ACTIVE_BX",
+    "BRANCHES",
+    "ETA_EDGES",
+    "MAX_DEPTH",
+    "SAMPLES",
+    "SOI",
+    "TS_NS",
+    "HcalChannels",
+    "HcalSimConfig",
+    "MahiResult",
+    "batched_nnls",
+    "config_from_options",
+    "generate_channels",
+    "m0",
+    "mahi_lite",
+    "pulse_density",
+    "pulse_fractions",
+    "pulse_shape",
+    "pulse_survival",
+    "qie_quantize",
+    "simulate",
+    "template_fractions",
+    "time_slew",
+    "tower_eta",
+    "write_channels",
+]

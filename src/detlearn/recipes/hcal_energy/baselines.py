@@ -1,0 +1,380 @@
+"""The reconstructions a learned HCAL regressor is compared with: MAHI-lite and M0.
+
+- :func:`mahi_lite` is CMS's MAHI [S32, S33] reduced to its core: the 8 pedestal-subtracted
+  TS are fit, by non-negative least squares, as pulses of the bunch crossings −1, 0, +1 plus a
+  free baseline (MAHI's dynamic pedestal), weighted by MAHI's per-TS noise; the noise and the
+  time slew of the templates are updated from the fit and the fit repeated. E = A₀ × gain.
+  As MAHI's ``chiSqSwitch``, a pass keeps the in-time pulse alone where that fits well.
+  Not modelled: the correlated pedestal term of the noise.
+- :func:`m0` is CMS's simplest method: the SOI and SOI + 1 summed and divided by the fraction
+  of a pulse they contain.
+- :func:`batched_nnls` is the exact solver underneath, for millions of tiny problems at once.
+
+Both reconstructions use the simulator's own pulse shape averaged over its time jitter
+(:func:`template_fractions`), as MAHI uses the mean MC pulse shape: perfect templates, a
+comparison favourable to the baselines.
+
+Example:
+    >>> from detlearn.recipes.hcal_energy.simulate import HcalSimConfig, generate_channels
+    >>> cfg = HcalSimConfig(pu_mean_max=0.0, energy_min=50.0, soft_fraction=0.0)
+    >>> ch = generate_channels(2000, cfg, np.random.default_rng(0))
+    >>> fit = mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg)
+    >>> 0.97 < float(np.mean(fit.energy / ch.gen_energy)) < 1.03
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from detlearn.recipes.hcal_energy.simulate import (
+    SAMPLES,
+    SOI,
+    TS_NS,
+    HcalSimConfig,
+    _in_blocks,
+    pulse_density,
+    pulse_shape,
+    time_slew,
+)
+
+__all__ = ["ACTIVE_BX", "MahiResult", "batched_nnls", "m0", "mahi_lite", "template_fractions"]
+
+#: Bunch crossings MAHI fits, relative to the SOI.
+ACTIVE_BX = (-1, 0, 1)
+# Grid of the tabulated mean pulse [ns]: linear interpolation is good to ~1e-5 of the charge.
+_TABLE_STEP = 0.05
+# Pulse time after the onset where the table ends; the tail is below 1e-12 there [ns].
+_TABLE_SPAN = 1200.0
+# Reach of the jitter average, in units of the jitter σ.
+_JITTER_REACH = 8.0
+
+
+@dataclass(frozen=True)
+class MahiResult:
+    """A MAHI-lite fit of every channel.
+
+    Attributes:
+        energy: ``(n,)`` in-time energy A₀ × gain [GeV].
+        amplitudes: ``(n, 3)`` total charge of the pulses of BX −1, 0, +1 [fC] (all ≥ 0).
+        baseline: ``(n,)`` fitted pedestal shift per TS [fC] (0 without dynamic pedestal).
+        chi2: ``(n,)`` χ² of the last fit.
+    """
+
+    energy: np.ndarray
+    amplitudes: np.ndarray
+    baseline: np.ndarray
+    chi2: np.ndarray
+
+
+def _solve_spd(gram: list[list[np.ndarray]], rhs: list[np.ndarray]) -> list[np.ndarray]:
+    """Solve k×k symmetric positive-definite systems, one per element of the (n,) arrays.
+
+    Gaussian elimination without pivoting (stable for SPD), written over whole arrays: k is at
+    most 4, so a few dozen array operations solve every channel at once. A singular system
+    gives NaN or inf, which the caller treats as infeasible.
+    """
+    k = len(rhs)
+    a = [row[:] for row in gram]
+    b = rhs[:]
+    for j in range(k):
+        for i in range(j + 1, k):
+            f = a[i][j] / a[j][j]
+            for m in range(j + 1, k):
+                a[i][m] = a[i][m] - f * a[j][m]
+            b[i] = b[i] - f * b[j]
+    x: list[np.ndarray] = [np.empty(0)] * k
+    for j in reversed(range(k)):
+        acc = b[j]
+        for m in range(j + 1, k):
+            acc = acc - a[j][m] * x[m]
+        x[j] = acc / a[j][j]
+    return x
+
+
+def batched_nnls(
+    design: np.ndarray,
+    data: np.ndarray,
+    variance: np.ndarray,
+    nonnegative: Sequence[bool],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact weighted least squares with sign constraints, for many small problems at once.
+
+    For every row n, minimize χ² = Σ_t (y_t − Σ_j x_j A_jt)² / σ²_t subject to x_j ≥ 0 where
+    ``nonnegative[j]`` (the other parameters are free). The optimum is the unconstrained
+    solution on some subset S of the parameters (the free ones plus the positive ones), and
+    every feasible subset solution is a feasible point, so the optimum is the feasible subset
+    solution of least χ². All 2^c subsets of the c constrained parameters are solved in batch
+    and the best feasible one is kept: exact NNLS, meant for c ≤ 4 or so.
+
+    Args:
+        design: ``(m, T)`` templates shared by all rows, or ``(n, m, T)``.
+        data: ``(n, T)`` measurements y.
+        variance: ``(n, T)`` σ² per measurement (> 0).
+        nonnegative: ``m`` flags, True for a parameter constrained to be ≥ 0.
+
+    Returns:
+        ``(x, chi2)``: ``(n, m)`` parameters (0 outside the chosen subset) and ``(n,)`` χ².
+
+    Example:
+        >>> A = np.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> x, chi2 = batched_nnls(A, np.array([[2.0, -1.0]]), np.ones((1, 2)), [True, True])
+        >>> x.tolist(), chi2.tolist()
+        ([[2.0, 0.0]], [1.0])
+    """
+    data = np.asarray(data, dtype=np.float64)
+    design = np.asarray(design, dtype=np.float64)
+    design = np.broadcast_to(design, (len(data), *design.shape[-2:]))
+    if len(nonnegative) != design.shape[1]:
+        raise ValueError(
+            f"nonnegative has {len(nonnegative)} flags for {design.shape[1]} parameters"
+        )
+    gram, rhs, y_w_y = _normal_equations(design, data, variance)
+    x, score = _best_subset(gram, rhs, nonnegative)
+    return np.stack(x, axis=1), np.maximum(y_w_y - score, 0.0)
+
+
+def _normal_equations(
+    design: np.ndarray, data: np.ndarray, variance: np.ndarray
+) -> tuple[list[list[np.ndarray]], list[np.ndarray], np.ndarray]:
+    """A'WA, A'Wy (as lists of (n,) arrays) and y'Wy of weighted least squares, W = 1/σ²."""
+    weight = 1.0 / np.asarray(variance, dtype=np.float64)
+    weighted = design * weight[:, None, :]
+    gram = weighted @ design.transpose(0, 2, 1)
+    rhs = (weighted @ data[:, :, None])[:, :, 0]
+    m = design.shape[1]
+    y_w_y = np.einsum("nt,nt->n", weight * data, data)
+    return [[gram[:, i, j] for j in range(m)] for i in range(m)], list(rhs.T), y_w_y
+
+
+def _best_subset(
+    gram: list[list[np.ndarray]],
+    rhs: list[np.ndarray],
+    nonnegative: Sequence[bool],
+    allowed: Sequence[int] | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Exact NNLS from the normal equations: the best feasible subset solution, per row.
+
+    Only the constrained parameters in ``allowed`` (default: all) may be non-zero. Returns the
+    parameters and the score x_S · r_S = y'Wy − χ² (larger is better).
+    """
+    m, n = len(rhs), len(rhs[0])
+    free = [j for j in range(m) if not nonnegative[j]]
+    constrained = [j for j in range(m) if nonnegative[j] and (allowed is None or j in allowed)]
+    best = [np.zeros(n) for _ in range(m)]
+    best_score = np.full(n, -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for size in range(len(constrained) + 1):
+            for subset in itertools.combinations(constrained, size):
+                chosen = sorted([*free, *subset])
+                x = dict.fromkeys(range(m), 0.0)
+                score: np.ndarray | float = 0.0
+                feasible: np.ndarray | bool = True
+                if chosen:
+                    solved = _solve_spd(
+                        [[gram[i][j] for j in chosen] for i in chosen], [rhs[i] for i in chosen]
+                    )
+                    x.update(zip(chosen, solved, strict=True))
+                    score = sum(x[i] * rhs[i] for i in chosen)
+                    for j in subset:
+                        feasible = feasible & (x[j] >= 0)
+                better = feasible & (score > best_score)
+                best_score = np.where(better, score, best_score)
+                best = [np.where(better, x[i], best[i]) for i in range(m)]
+    return best, best_score
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_pulse_table(cfg: HcalSimConfig) -> tuple[float, np.ndarray, np.ndarray]:
+    """The pulse's survival function and density averaged over the Gaussian time jitter.
+
+    Returns ``(u0, S̄, p̄)`` on the grid u0 + 0.05 ns × i: discrete convolutions of
+    :func:`~.simulate.pulse_shape` and :func:`~.simulate.pulse_density` with the normalized
+    jitter kernel (S̄ = 1 before the grid).
+    """
+    reach = int(np.ceil(_JITTER_REACH * cfg.jitter / _TABLE_STEP))
+    u0 = cfg.pulse_start - reach * _TABLE_STEP
+    size = int(np.ceil(_TABLE_SPAN / _TABLE_STEP)) + 2 * reach + 1
+    u = u0 + _TABLE_STEP * np.arange(-reach, size + reach)
+    survival, density = pulse_shape(u, cfg), pulse_density(u, cfg)
+    if reach:
+        kernel = np.exp(-0.5 * (_TABLE_STEP * np.arange(-reach, reach + 1) / cfg.jitter) ** 2)
+        kernel /= kernel.sum()
+        survival = np.convolve(survival, kernel, mode="valid")
+        density = np.convolve(density, kernel, mode="valid")
+    return u0, survival, density
+
+
+def _mean_survival(
+    shift: np.ndarray, cfg: HcalSimConfig, first: int, last: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean pulse S̄ and p̄ at the edges of TS ``first`` .. ``last``, delayed by ``shift`` ns."""
+    u0, survival, density = _mean_pulse_table(cfg)
+    edges = cfg.phase + TS_NS * (np.arange(first, last + 1) - SOI)
+    x = (edges - np.asarray(shift, dtype=np.float64)[..., None] - u0) * (1.0 / _TABLE_STEP)
+    np.clip(x, 0, len(survival) - 1.001, out=x)
+    i = x.astype(np.int64)
+    w = x - i
+    s0, p0 = survival[i], density[i]
+    return s0 + w * (survival[i + 1] - s0), p0 + w * (density[i + 1] - p0)
+
+
+def template_fractions(
+    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
+) -> np.ndarray:
+    """The templates of MAHI-lite and M0: charge fractions per TS of the mean pulse.
+
+    Like :func:`~.simulate.pulse_fractions`, for a pulse delayed by ``shift`` ns, but averaged
+    over the Gaussian time jitter (σ = ``jitter``) the simulator adds to every signal: the mean
+    pulse shape, which is what a fit to many pulses sees. TS ``first`` .. ``last`` − 1.
+
+    Example:
+        >>> template_fractions(0.0, HcalSimConfig()).round(3).tolist()
+        [0.0, 0.0, 0.008, 0.725, 0.173, 0.046, 0.023, 0.012]
+    """
+    survival, _ = _mean_survival(np.asarray(shift, dtype=np.float64), cfg, first, last)
+    return survival[..., :-1] - survival[..., 1:]
+
+
+def _containment(charge: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
+    """Fraction of the mean pulse in the SOI and SOI + 1, at the time slew of its charge [fC]."""
+    survival, _ = _mean_survival(time_slew(charge, cfg), cfg, SOI, SOI + 2)
+    return survival[..., 0] - survival[..., 2]
+
+
+def _m0_charge(pulse: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
+    """M0's estimate of the total in-time charge [fC] from pedestal-subtracted samples."""
+    q = pulse[:, SOI] + pulse[:, SOI + 1]
+    nominal = _containment(np.zeros(1), cfg)[0]
+    # The slew depends on the total charge, which the nominal containment estimates well
+    # enough: one step of the fixed point.
+    return q / _containment(q / nominal, cfg)
+
+
+def m0(
+    raw: np.ndarray, ped: np.ndarray, gain: np.ndarray, cfg: HcalSimConfig | None = None
+) -> np.ndarray:
+    """M0 energy [GeV]: (Q_SOI + Q_SOI+1) / containment × gain.
+
+    Q_i = raw_i − ped_i [fC]; the containment is the fraction of the mean pulse in those two TS
+    (:func:`template_fractions`) at the time slew of the estimated total charge.
+
+    Example:
+        >>> cfg = HcalSimConfig()
+        >>> pulse = 16000.0 * template_fractions(time_slew(16000.0, cfg), cfg)[None]
+        >>> m0(pulse + 17.3, np.full((1, 8), 17.3), np.array([0.000625]), cfg).round(3).tolist()
+        [10.0]
+    """
+    cfg = cfg or HcalSimConfig()
+    pulse = np.asarray(raw, dtype=np.float64) - np.asarray(ped, dtype=np.float64)
+    return _m0_charge(pulse, cfg) * np.asarray(gain, dtype=np.float64)
+
+
+def _mahi_block(
+    pulse: np.ndarray,
+    noise_adc: np.ndarray,
+    cfg: HcalSimConfig,
+    iterations: int,
+    dynamic_pedestal: bool,
+    chi2_switch: float | None,
+) -> dict[str, np.ndarray]:
+    """MAHI-lite on one block of pedestal-subtracted pulses (see :func:`mahi_lite`)."""
+    n, samples = pulse.shape
+    amplitude = np.maximum(_m0_charge(pulse, cfg), 0.0)
+    model = pulse
+    base_variance = cfg.pedestal_width**2 + noise_adc**2
+    n_bx = len(ACTIVE_BX)
+    nonnegative = [True] * n_bx + ([False] if dynamic_pedestal else [])
+    for _ in range(iterations):
+        # The BX k template is the in-time one moved by k TS: one evaluation over TS -1 .. 8
+        # gives all three (BX -1 reads it one TS later, BX +1 one TS earlier).
+        survival, density = _mean_survival(time_slew(amplitude, cfg), cfg, -1, samples + 1)
+        fractions = survival[:, :-1] - survival[:, 1:]
+        templates = [fractions[:, 1 - k : 1 - k + samples] for k in ACTIVE_BX]
+        # ∂T_0,t/∂s = p̄(e_t − s) − p̄(e_(t+1) − s): the in-time shape's sensitivity to its time.
+        slope = density[:, 1 : samples + 1] - density[:, 2 : samples + 2]
+        # MAHI's noise: pedestal, ADC and photostatistics (the latter only above the pedestal
+        # width), plus the in-time pulse's shape uncertainty from the time jitter.
+        photo = np.where(model > cfg.pedestal_width, cfg.fc_per_pe * np.maximum(model, 0), 0.0)
+        variance = base_variance + photo + (amplitude[:, None] * cfg.jitter * slope) ** 2
+        if dynamic_pedestal:
+            templates.append(np.ones((n, samples)))
+        gram, rhs, y_w_y = _normal_equations(np.stack(templates, axis=1), pulse, variance)
+        x_all, score = _best_subset(gram, rhs, nonnegative)
+        if chi2_switch is not None:
+            # MAHI's chiSqSwitch: the in-time pulse alone where it fits well enough, so that
+            # noise is not read as out-of-time pulses (whose amplitudes can only be positive).
+            x_one, score_one = _best_subset(gram, rhs, nonnegative, [ACTIVE_BX.index(0)])
+            alone = y_w_y - score_one <= chi2_switch
+            x_all = [np.where(alone, a, b) for a, b in zip(x_one, x_all, strict=True)]
+            score = np.where(alone, score_one, score)
+        x = np.stack(x_all, axis=1)
+        chi2 = np.maximum(y_w_y - score, 0.0)
+        amplitude = x[:, ACTIVE_BX.index(0)]
+        model = sum(x[:, [i]] * templates[i] for i in range(n_bx))
+    baseline = x[:, n_bx] if dynamic_pedestal else np.zeros(n)
+    return {"amplitudes": x[:, :n_bx], "baseline": baseline, "chi2": chi2}
+
+
+def mahi_lite(
+    raw: np.ndarray,
+    ped: np.ndarray,
+    gain: np.ndarray,
+    noise_adc: np.ndarray,
+    cfg: HcalSimConfig | None = None,
+    *,
+    iterations: int = 2,
+    dynamic_pedestal: bool = True,
+    chi2_switch: float | None = 10.0,
+    threads: int | None = None,
+) -> MahiResult:
+    """MAHI-lite energy: NNLS fit of the BX −1, 0, +1 pulses plus a baseline.
+
+    With Q_t = raw_t − ped_t [fC] and template T_k,t = ``template_fractions(s + 25k)`` (s the
+    time slew of the current in-time amplitude A₀), minimize Σ_t (Q_t − Σ_k A_k T_k,t − b)² / σ²_t
+    over A_k ≥ 0 and a free baseline b (:func:`batched_nnls`), with MAHI's per-TS variance
+
+        σ²_t = pedestal_width² + noiseADC_t² + fc_per_pe × M_t [M_t > pedestal_width]
+               + (A₀ × jitter × ∂T_0,t/∂s)²,
+
+    M_t the fitted pulse charge (the measured Q_t in the first pass, which gives MAHI's
+    ``inNoisePhoto``), ∂T_0,t/∂s from the mean pulse's density. The first pass starts from
+    M0's A₀; each of ``iterations`` passes updates slew and variance from the previous one.
+    E = A₀ × gain.
+
+    Args:
+        raw, ped, noise_adc: ``(n, 8)`` branches ``raw``, ``ped``, ``inNoiseADC`` [fC].
+        gain: ``(n,)`` [GeV/fC].
+        cfg: the simulator config (pulse shape, slew, noise constants); default its defaults.
+        iterations: fit passes (≥ 1).
+        dynamic_pedestal: fit the baseline b (MAHI's ``dynamicPed``); else b = 0.
+        chi2_switch: MAHI's ``chiSqSwitch``: each pass first fits the in-time pulse (and b)
+            alone and keeps that fit where χ² ≤ ``chi2_switch``; None always fits all three.
+        threads: threads over blocks of channels (default ``cfg.threads``).
+
+    Example:
+        >>> cfg = HcalSimConfig(slew_max=0.0)
+        >>> t = [template_fractions(25.0 * k, cfg) for k in (-1, 0, 1)]
+        >>> q = 3000.0 * t[0] + 8000.0 * t[1] + 5000.0 * t[2] + 2.0
+        >>> fit = mahi_lite(q[None] + 17.3, np.full((1, 8), 17.3), np.array([0.000625]),
+        ...                 np.ones((1, 8)), cfg)
+        >>> fit.amplitudes.round(6).tolist(), round(float(fit.energy[0]), 6)
+        ([[3000.0, 8000.0, 5000.0]], 5.0)
+    """
+    cfg = cfg or HcalSimConfig()
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1 (got {iterations})")
+    pulse = np.asarray(raw, dtype=np.float64) - np.asarray(ped, dtype=np.float64)
+    noise = np.asarray(noise_adc, dtype=np.float64)
+
+    def work(rows: slice) -> dict[str, np.ndarray]:
+        return _mahi_block(pulse[rows], noise[rows], cfg, iterations, dynamic_pedestal, chi2_switch)
+
+    out = _in_blocks(len(pulse), work, threads or cfg.threads)
+    energy = out["amplitudes"][:, ACTIVE_BX.index(0)] * np.asarray(gain, dtype=np.float64)
+    return MahiResult(energy=energy, **out)

@@ -1,0 +1,663 @@
+"""Built-in simulator of CMS HCAL HB/HE rechits in the layout of FACILE's flat ntuple.
+
+One row of tree ``Events`` is one channel (a rechit): its coordinates, its calibration, the
+8 time samples (TS, 25 ns each, sample of interest SOI = 3) of raw charge, pedestal and MAHI's
+noise terms, the generated energy and two reconstructions, exactly FACILE's branches (see
+:func:`write_channels`). Units: GeV, fC, ns. Every number is a field of :class:`HcalSimConfig`;
+references ([S28] ...) are to ``physics.md`` §3.
+
+The model, channel by channel (vectorized over channels, in seeded blocks):
+
+1. **Channel**: |ieta| ~ U{1..29} with a random sign; depth ~ U{1..D(|ieta|)} with
+   D = 4 (HB, |ieta| ≤ 16; 16 is HB depths 1–3 plus HE depth 4), 6 (HE 17, 26–28), 7 (18–25),
+   3 (29); iphi ~ U{1..72}, odd only for |ieta| ≥ 21 (10° towers). See :data:`MAX_DEPTH`.
+2. **Energy** ``genE``: with probability ``soft_fraction`` Exp(``soft_mean``), else
+   log-uniform on [``energy_min``, ``energy_max``]. ``pt`` = genE / cosh(η), η the centre of
+   the tower (:data:`ETA_EDGES`, CMSSW ``HcalTopology``): the transverse energy used to bin
+   response and resolution.
+3. **Light and gain**: yield Y = ``pe_per_gev`` × aging × LogNormal(0, ``light_spread``) pe/GeV,
+   aging = 1 − ``aging_max`` × clip((|ieta| − 16)/13, 0, 1); SiPM gain
+   G = ``fc_per_pe`` × LogNormal(0, ``sipm_gain_spread``) fC/pe. The channel's true calibration
+   is g = 1/(Y G) GeV/fC (≈ 0.000625 nominal); the ``gain`` branch is g × LogNormal(0,
+   ``calibration_error``).
+4. **Photostatistics**: primary pe ~ Poisson(genE × Y × (1 − λ)), λ = ``crosstalk``; SiPM
+   crosstalk (Borel branching) makes the recorded count n/(1 − λ) on average with variance
+   nλ/(1 − λ)³, drawn as a Gaussian with these exact moments (so Y counts recorded pe,
+   crosstalk included). Signal charge Q = pe × G.
+5. **Pulse**: Q is spread over the TS by :func:`pulse_fractions`, a gamma-shaped rise plus an
+   exponential tail fitted to the 2017 SiPM shape [S9], delayed by the time slew
+   clip(a + b ln(Q/fC), 0, t_max) [S31] plus Gaussian jitter.
+6. **Pileup**: PU ~ Poisson(μ), μ ~ U(``pu_mean_min``, ``pu_mean_max``). For every BX k in
+   [``pu_bx_min``, ``pu_bx_max``] (0 is in time) the channel gets N_k ~ Poisson(PU × p_occ)
+   deposits of Exp(``pu_energy_mean``), p_occ = ``pu_occupancy`` (1 + ``pu_occupancy_ieta``
+   |ieta|) (× ``pu_depth1_factor`` at depth 1); charge E_k/g with the undelayed pulse shifted
+   by 25k ns. genE is the in-time signal only: in-time pileup biases every reconstruction.
+   ``PU`` is the number of interactions, the same for all BXs of a channel.
+7. **Readout**: four capacitor pedestals ~ N(``pedestal``, ``pedestal_spread``), capacitor c
+   serving TS c and c + 4 (``ped``); charge = ped + signal + pileup + N(0, ``pedestal_width``),
+   quantized by a QIE11-like ADC (:func:`qie_quantize`): ``raw`` is the centre of the ADC bin.
+8. **Noise terms as MAHI defines them** [S32]: ``inNoiseADC`` = bin width/√12;
+   ``inNoisePhoto`` = √((raw − ped) × ``fc_per_pe``) where raw − ped > ``pedestal_width``, else 0.
+
+:mod:`detlearn.recipes.hcal_energy.baselines` reconstructs ``energy`` (MAHI-lite) and ``eraw``
+(M0) from these branches with this pulse shape, averaged over the jitter.
+
+Example:
+    >>> ch = generate_channels(1000, HcalSimConfig(), np.random.default_rng(0))
+    >>> ch.raw.shape, bool((ch.raw >= 0).all())
+    ((1000, 8), True)
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uproot
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from detlearn.errors import DetlearnError
+
+__all__ = [
+    "BRANCHES",
+    "ETA_EDGES",
+    "MAX_DEPTH",
+    "SAMPLES",
+    "SOI",
+    "TS_NS",
+    "HcalChannels",
+    "HcalSimConfig",
+    "config_from_options",
+    "generate_channels",
+    "pulse_density",
+    "pulse_fractions",
+    "pulse_shape",
+    "pulse_survival",
+    "qie_quantize",
+    "simulate",
+    "time_slew",
+    "tower_eta",
+    "write_channels",
+]
+
+SAMPLES = 8
+SOI = 3
+TS_NS = 25.0
+#: Tower η edges of |ieta| = 1..29 (CMSSW HcalTopology; tower i spans [edge i-1, edge i]).
+ETA_EDGES = np.array(
+    [0.000, 0.087, 0.174, 0.261, 0.348, 0.435, 0.522, 0.609, 0.696, 0.783, 0.870, 0.957, 1.044,
+     1.131, 1.218, 1.305, 1.392, 1.479, 1.566, 1.653, 1.740, 1.830, 1.930, 2.043, 2.172, 2.322,
+     2.500, 2.650, 2.868, 3.000]
+)  # fmt: skip
+#: Number of depths of a channel at index |ieta| (index 0 unused).
+MAX_DEPTH = np.array([0] + [4] * 16 + [6] + [7] * 8 + [6] * 3 + [3], dtype=np.int32)
+#: Branches of tree ``Events`` (FACILE's ntuple), with their dtype and per-entry shape.
+BRANCHES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "PU": ("i4", ()),
+    "depth": ("i4", ()),
+    "pt": ("f4", ()),
+    "ieta": ("i4", ()),
+    "iphi": ("i4", ()),
+    "gain": ("f4", ()),
+    "raw": ("f4", (SAMPLES,)),
+    "ped": ("f4", (SAMPLES,)),
+    "inNoiseADC": ("f4", (SAMPLES,)),
+    "inNoisePhoto": ("f4", (SAMPLES,)),
+    "genE": ("f4", ()),
+    "energy": ("f4", ()),
+    "eraw": ("f4", ()),
+}
+_LAST_IETA = 29
+_FIRST_ODD_IPHI_IETA = 21
+_HE_AGING_START = 16
+_CAPACITORS = 4
+# Channels per independently seeded block: the unit of threading; fixed, so results depend only
+# on the seed, never on the number of threads.
+_BLOCK = 1 << 15
+# QIE11-like ADC: 4 ranges of 64 codes; within a range, 4 sub-ranges of 16, 20, 21 and 7 codes
+# with widths of 1, 2, 4, 8 range LSBs; each range's LSB is 8 times the previous one.
+_QIE_SUBRANGE_WIDTHS = np.repeat([1, 2, 4, 8], [16, 20, 21, 7])
+_QIE_RANGE_FACTOR = 8
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HcalSimConfig(_Strict):
+    """Every number of the HCAL channel simulator (defaults: Phase-1 SiPM + QIE11 [S28]).
+
+    Example:
+        >>> HcalSimConfig(pu_mean_max=0.0).pu_mean_max
+        0.0
+    """
+
+    # Output
+    channels_per_file: int = Field(200_000, gt=0, description="channels (rows) per ROOT file")
+    threads: int = Field(2, gt=0, description="threads generating channels (results do not depend)")
+    # Energy spectrum
+    energy_min: float = Field(0.2, gt=0, description="lower end of the log-uniform genE [GeV]")
+    energy_max: float = Field(200.0, gt=0, description="upper end of the log-uniform genE [GeV]")
+    soft_fraction: float = Field(
+        0.3, ge=0, le=1, description="fraction of channels with genE ~ Exp(soft_mean)"
+    )
+    soft_mean: float = Field(2.0, gt=0, description="mean of the soft genE component [GeV]")
+    # Light yield and calibration
+    pe_per_gev: float = Field(
+        40.0, gt=0, description="recorded photoelectrons per GeV (crosstalk included) [pe/GeV]"
+    )
+    fc_per_pe: float = Field(40.0, gt=0, description="SiPM charge per photoelectron [fC/pe]")
+    crosstalk: float = Field(0.17, ge=0, lt=1, description="SiPM crosstalk probability λ")
+    light_spread: float = Field(
+        0.05, ge=0, description="log-normal σ of the channel light yield (median 1)"
+    )
+    sipm_gain_spread: float = Field(
+        0.1, ge=0, description="log-normal σ of the channel SiPM gain in fC/pe (median 1)"
+    )
+    aging_max: float = Field(
+        0.4, ge=0, lt=1, description="light loss at |ieta| = 29, linear from 0 at |ieta| = 16"
+    )
+    calibration_error: float = Field(
+        0.02, ge=0, description="log-normal σ of the reported gain around the true GeV/fC"
+    )
+    # Pulse shape and timing
+    phase: float = Field(
+        10.0, description="pulse time at the start of the SOI window (2017 SiPM table) [ns]"
+    )
+    pulse_start: float = Field(9.8, description="pulse onset in pulse time [ns]")
+    pulse_rise: float = Field(
+        5.2, ge=1, description="τ of the (t/τ)² exp(-t/τ) main component [ns]"
+    )
+    pulse_tail_fraction: float = Field(
+        0.327, ge=0, le=1, description="charge fraction in the exponential tail"
+    )
+    pulse_tail_tau: float = Field(39.5, ge=1, description="decay time of the tail [ns]")
+    slew_intercept: float = Field(24.0, description="time slew a in a + b ln(Q/fC) [ns]")
+    slew_slope: float = Field(-3.18, description="time slew b in a + b ln(Q/fC) [ns]")
+    slew_max: float = Field(12.0, ge=0, description="time slew cap t_max (slew in [0, t_max]) [ns]")
+    jitter: float = Field(1.5, ge=0, description="Gaussian time jitter σ of the signal [ns]")
+    # Readout
+    pedestal: float = Field(17.3, ge=0, description="mean pedestal per TS [fC]")
+    pedestal_spread: float = Field(
+        0.2, ge=0, description="σ of the 4 capacitor pedestals around the mean [fC]"
+    )
+    pedestal_width: float = Field(1.5, gt=0, description="electronic noise σ per TS [fC]")
+    qie_lsb: float = Field(3.1, gt=0, description="QIE11 least significant bit, lowest range [fC]")
+    # Pileup
+    pu_mean_min: float = Field(0.0, ge=0, description="lower end of the per-channel mean PU μ")
+    pu_mean_max: float = Field(100.0, ge=0, description="upper end of μ; PU ~ Poisson(μ)")
+    pu_occupancy: float = Field(
+        0.01, ge=0, description="pileup deposits per interaction and BX at |ieta| = 0"
+    )
+    pu_occupancy_ieta: float = Field(
+        0.15, ge=0, description="relative growth of the occupancy per unit |ieta|"
+    )
+    pu_depth1_factor: float = Field(1.5, ge=0, description="occupancy factor of depth 1")
+    pu_energy_mean: float = Field(0.4, gt=0, description="mean energy of a pileup deposit [GeV]")
+    pu_bx_min: int = Field(-4, le=0, description="earliest pileup bunch crossing (SOI = 0)")
+    pu_bx_max: int = Field(
+        4, ge=0, description="latest pileup bunch crossing (SOI = 0; BX 5 reaches TS 7 with 0.2%)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HcalSimConfig:
+        if self.energy_min >= self.energy_max:
+            raise ValueError(f"energy_min {self.energy_min} must be < energy_max {self.energy_max}")
+        if self.pu_mean_min > self.pu_mean_max:
+            raise ValueError(
+                f"pu_mean_min {self.pu_mean_min} must be <= pu_mean_max {self.pu_mean_max}"
+            )
+        return self
+
+    @property
+    def nominal_gain(self) -> float:
+        """GeV per fC of a channel with median light yield and SiPM gain: 1/(Y G)."""
+        return 1.0 / (self.pe_per_gev * self.fc_per_pe)
+
+
+@dataclass(frozen=True)
+class HcalChannels:
+    """Generated channels: the branches of the ntuple and the truth behind them.
+
+    Attributes:
+        ieta, iphi, depth: channel coordinates (int32).
+        pu: ``(n,)`` number of pileup interactions (``PU``).
+        gen_energy: ``(n,)`` in-time signal energy [GeV] (``genE``).
+        pt: ``(n,)`` genE / cosh(η of the tower) [GeV].
+        gain: ``(n,)`` reported calibration [GeV/fC].
+        raw, ped, noise_adc, noise_photo: ``(n, 8)`` [fC] (``raw``, ``ped``, ``inNoiseADC``,
+            ``inNoisePhoto``).
+        true_gain: ``(n,)`` the channel's true GeV/fC (1/(Y G)).
+        signal_charge: ``(n,)`` total signal charge over all time [fC].
+        time_shift: ``(n,)`` slew + jitter of the signal pulse [ns].
+        pileup_energy: ``(n, n_bx)`` pileup energy per BX ``pu_bx_min..pu_bx_max`` [GeV].
+    """
+
+    ieta: np.ndarray
+    iphi: np.ndarray
+    depth: np.ndarray
+    pu: np.ndarray
+    gen_energy: np.ndarray
+    pt: np.ndarray
+    gain: np.ndarray
+    raw: np.ndarray
+    ped: np.ndarray
+    noise_adc: np.ndarray
+    noise_photo: np.ndarray
+    true_gain: np.ndarray
+    signal_charge: np.ndarray
+    time_shift: np.ndarray
+    pileup_energy: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ieta)
+
+    def branches(self) -> dict[str, np.ndarray]:
+        """The ntuple's branches except the reconstructions (``energy``, ``eraw``)."""
+        return {
+            "PU": self.pu,
+            "depth": self.depth,
+            "pt": self.pt,
+            "ieta": self.ieta,
+            "iphi": self.iphi,
+            "gain": self.gain,
+            "raw": self.raw,
+            "ped": self.ped,
+            "inNoiseADC": self.noise_adc,
+            "inNoisePhoto": self.noise_photo,
+            "genE": self.gen_energy,
+        }
+
+
+def tower_eta(ieta: np.ndarray) -> np.ndarray:
+    """|η| at the centre of the tower of each ``ieta`` (either sign).
+
+    Example:
+        >>> tower_eta(np.array([1, -29])).round(4).tolist()
+        [0.0435, 2.934]
+    """
+    a = np.abs(np.asarray(ieta))
+    return 0.5 * (ETA_EDGES[a - 1] + ETA_EDGES[a])
+
+
+def time_slew(charge: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
+    """Delay of a pulse of total ``charge`` [fC]: clip(a + b ln(max(Q, 1 fC)), 0, t_max) [ns].
+
+    Example:
+        >>> time_slew(np.array([1.0, 1600.0, 1e5]), HcalSimConfig()).round(2).tolist()
+        [12.0, 0.54, 0.0]
+    """
+    q = np.maximum(np.asarray(charge, dtype=np.float64), 1.0)
+    return np.clip(cfg.slew_intercept + cfg.slew_slope * np.log(q), 0.0, cfg.slew_max)
+
+
+def pulse_shape(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
+    """Survival function S(u) of a unit pulse: the fraction of its charge after its time u [ns].
+
+    With u₀ = ``pulse_start``, τ = ``pulse_rise``, f = ``pulse_tail_fraction``, τ_t =
+    ``pulse_tail_tau`` and x = max(u − u₀, 0),
+
+        S(u) = (1 − f) e^(−x/τ) (1 + x/τ + x²/2τ²) + f e^(−x/τ_t):
+
+    a gamma-shaped rise ((t/τ)² e^(−t/τ)) plus an exponential tail. Float32 in, float32 out.
+
+    Example:
+        >>> pulse_shape(np.array([0.0, 30.0]), HcalSimConfig()).round(3).tolist()
+        [1.0, 0.368]
+    """
+    x = np.maximum(np.asarray(u) - cfg.pulse_start, 0.0)
+    f = cfg.pulse_tail_fraction
+    # In place: this runs on every signal pulse, and fresh temporaries cost as much as the math.
+    survival = np.exp(x * (-1.0 / cfg.pulse_tail_tau))
+    survival *= f
+    w = x
+    w *= 1.0 / cfg.pulse_rise
+    main = np.exp(-w)
+    main *= 1.0 - f
+    poly = 0.5 * w
+    poly += 1.0
+    poly *= w
+    poly += 1.0
+    poly *= main
+    survival += poly
+    return survival
+
+
+def pulse_density(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
+    """Density p(u) = −dS/du of a unit pulse at its times u [1/ns] (:func:`pulse_shape`).
+
+        p(u) = (1 − f) x² e^(−x/τ) / 2τ³ + f e^(−x/τ_t) / τ_t   for u ≥ u₀, else 0.
+
+    Example:
+        >>> pulse_density(np.array([0.0, 30.0]), HcalSimConfig()).round(4).tolist()
+        [0.0, 0.025]
+    """
+    x = np.asarray(u) - cfg.pulse_start
+    xs = np.maximum(x, 0.0)
+    w = xs * (1.0 / cfg.pulse_rise)
+    f = cfg.pulse_tail_fraction
+    main = (1.0 - f) * (0.5 / cfg.pulse_rise) * w * w * np.exp(-w)
+    tail = (f / cfg.pulse_tail_tau) * np.exp(xs * (-1.0 / cfg.pulse_tail_tau))
+    return np.where(x >= 0, main + tail, 0.0).astype(main.dtype, copy=False)
+
+
+def pulse_survival(
+    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
+) -> np.ndarray:
+    """:func:`pulse_shape` at the edges of TS ``first`` .. ``last``, the pulse delayed ``shift``.
+
+    The edge of TS i is at e_i = ``phase`` + 25 (i − SOI) ns in the undelayed pulse's time, so
+    S is evaluated at e_i − shift.
+
+    Returns:
+        ``(*shape(shift), last − first + 1)``, float32 for a float32 ``shift``, else float64.
+    """
+    shift = np.asarray(shift)
+    dtype = np.result_type(shift.dtype, np.float32)
+    shift = shift.astype(dtype, copy=False)
+    edges = (cfg.phase + TS_NS * (np.arange(first, last + 1) - SOI)).astype(dtype)
+    # Edges before the onset of every pulse (S = 1) are skipped: for a signal pulse that is a
+    # third of them.
+    earliest = shift.min(initial=np.inf)
+    skip = int(np.searchsorted(edges - earliest, cfg.pulse_start, side="right"))
+    survival = np.empty((*shift.shape, len(edges)), dtype=dtype)
+    survival[..., :skip] = 1.0
+    survival[..., skip:] = pulse_shape(edges[skip:] - shift[..., None], cfg)
+    return survival
+
+
+def pulse_fractions(
+    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
+) -> np.ndarray:
+    """Fraction of a pulse's total charge in TS ``first`` .. ``last`` − 1, delayed by ``shift`` ns.
+
+    TS i collects S(e_i − shift) − S(e_(i+1) − shift), S the pulse's survival function
+    (:func:`pulse_shape`, evaluated by :func:`pulse_survival`). The defaults
+    reproduce the 2017 SiPM table at phase 10 ns [S9] within 0.003 per TS (0.002, 0.733, 0.172,
+    0.045, 0.023, 0.012, 0.006, 0.003 from SOI − 1). A pileup pulse of BX k has shift 25k.
+
+    Returns:
+        ``(*shape(shift), last − first)`` fractions (float32 for a float32 ``shift``).
+
+    Example:
+        >>> pulse_fractions(0.0, HcalSimConfig()).round(3).tolist()
+        [0.0, 0.0, 0.002, 0.733, 0.172, 0.045, 0.023, 0.012]
+    """
+    survival = pulse_survival(shift, cfg, first, last)
+    return survival[..., :-1] - survival[..., 1:]
+
+
+@functools.lru_cache(maxsize=8)
+def _qie_tables(lsb: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ADC code of every LSB step of charge, and each code's bin centre and width/√12 [fC].
+
+    Every bin edge is a whole number of lowest-range LSBs, so ``floor(q / lsb)`` indexes the
+    code table exactly; a 115 kB code table and two 256-entry tables stay in cache, where
+    per-step centre and noise tables would not.
+    """
+    widths = np.concatenate([_QIE_SUBRANGE_WIDTHS * _QIE_RANGE_FACTOR**r for r in range(4)])
+    lower = np.cumsum(widths) - widths
+    code = np.repeat(np.arange(len(widths), dtype=np.uint8), widths)
+    centre = ((lower + widths / 2) * lsb).astype(np.float32)
+    noise = (widths * lsb / np.sqrt(12.0)).astype(np.float32)
+    return code, centre, noise
+
+
+def qie_quantize(charge: np.ndarray, cfg: HcalSimConfig) -> tuple[np.ndarray, np.ndarray]:
+    """QIE11-like digitization: the centre of each charge's ADC bin and MAHI's noiseADC [fC].
+
+    256 codes: 4 ranges (LSB ``qie_lsb`` × 1, 8, 64, 512) of 64 codes each, their widths growing
+    1, 2, 4, 8 LSBs over sub-ranges of 16, 20, 21, 7 codes; range 0 ends at 196 LSB = 608 fC,
+    the top at 355 446 fC (saturation). noiseADC = bin width/√12. Both float32.
+
+    Example:
+        >>> raw, noise = qie_quantize(np.array([17.3, 1000.0]), HcalSimConfig())
+        >>> raw.astype(float).round(2).tolist(), noise.astype(float).round(4).tolist()
+        ([17.05, 992.0], [0.8949, 7.1591])
+    """
+    code, centre, noise = _qie_tables(cfg.qie_lsb)
+    step = np.clip(np.asarray(charge) * (1.0 / cfg.qie_lsb), 0, len(code) - 1).astype(np.int32)
+    adc = np.take(code, step)
+    return np.take(centre, adc), np.take(noise, adc)
+
+
+def _channels(n: int, cfg: HcalSimConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One block of ``n`` channels (steps 1-8 of the module docstring).
+
+    Per-channel quantities are float64; the (n, 8) samples are float32, the precision they are
+    stored in, which halves the memory traffic of the heaviest steps.
+    """
+    f4 = np.float32
+    u = rng.random((5, n))
+    code = rng.integers(0, 2 * _LAST_IETA, n)
+    aieta = code // 2 + 1
+    ieta = np.where(code % 2 == 0, aieta, -aieta).astype(np.int32)
+    depth = (1 + u[0] * MAX_DEPTH[aieta]).astype(np.int32)
+    odd = aieta >= _FIRST_ODD_IPHI_IETA
+    iphi = np.where(odd, 1 + 2 * (u[1] * 36).astype(np.int32), 1 + (u[1] * 72).astype(np.int32))
+
+    log_lo, log_hi = np.log(cfg.energy_min), np.log(cfg.energy_max)
+    energy = np.where(
+        u[2] < cfg.soft_fraction,
+        -cfg.soft_mean * np.log1p(-u[3]),
+        np.exp(log_lo + (log_hi - log_lo) * u[3]),
+    )
+
+    z = rng.standard_normal((5, n))
+    aging = 1.0 - cfg.aging_max * np.clip(
+        (aieta - _HE_AGING_START) / (_LAST_IETA - _HE_AGING_START), 0, 1
+    )
+    light = cfg.pe_per_gev * aging * np.exp(cfg.light_spread * z[0])
+    sipm_gain = cfg.fc_per_pe * np.exp(cfg.sipm_gain_spread * z[1])
+    true_gain = 1.0 / (light * sipm_gain)
+    gain = true_gain * np.exp(cfg.calibration_error * z[2])
+
+    lam = cfg.crosstalk
+    primary = rng.poisson(energy * light * (1.0 - lam)).astype(np.float64)
+    recorded = primary / (1 - lam) + np.sqrt(primary * lam / (1 - lam) ** 3) * z[3]
+    signal = np.maximum(recorded, primary) * sipm_gain
+    shift = time_slew(signal, cfg) + cfg.jitter * z[4]
+    charge = signal.astype(f4)[:, None] * pulse_fractions(shift.astype(f4), cfg)
+
+    mu = cfg.pu_mean_min + (cfg.pu_mean_max - cfg.pu_mean_min) * u[4]
+    pu = rng.poisson(mu)
+    occupancy = cfg.pu_occupancy * (1 + cfg.pu_occupancy_ieta * aieta)
+    occupancy = occupancy * np.where(depth == 1, cfg.pu_depth1_factor, 1.0)
+    bx = np.arange(cfg.pu_bx_min, cfg.pu_bx_max + 1)
+    # N_k ~ Poisson(PU p_occ) independently per BX is the same as a Poisson total spread
+    # uniformly over the BXs; drawing it that way, deposit by deposit, is several times faster
+    # than numpy's Poisson and gamma samplers per (channel, BX).
+    total = rng.poisson(len(bx) * pu * occupancy)
+    cell = np.repeat(np.arange(n) * len(bx), total) + rng.integers(0, len(bx), total.sum())
+    deposit = rng.standard_exponential(len(cell))
+    pileup = cfg.pu_energy_mean * np.bincount(cell, deposit, minlength=n * len(bx))
+    pileup = pileup.reshape(n, len(bx))
+    pileup_charge = (pileup / true_gain[:, None]).astype(f4)
+    charge += pileup_charge @ pulse_fractions((TS_NS * bx).astype(f4), cfg)
+
+    # Capacitor c serves TS c and c + 4. Real readouts start the rotation at any capacitor, but
+    # for independent capacitor pedestals that only relabels them: the same distribution.
+    capacitor = cfg.pedestal + cfg.pedestal_spread * rng.standard_normal((n, _CAPACITORS), f4)
+    ped = np.concatenate([capacitor] * (SAMPLES // _CAPACITORS), axis=1)
+    noise = rng.standard_normal((n, SAMPLES), f4)
+    charge += ped + cfg.pedestal_width * noise
+    raw, noise_adc = qie_quantize(charge, cfg)
+    above = raw - ped
+    noise_photo = np.sqrt(np.maximum(above, 0) * f4(cfg.fc_per_pe))
+    noise_photo[above <= cfg.pedestal_width] = 0.0
+    return {
+        "ieta": ieta,
+        "iphi": iphi.astype(np.int32),
+        "depth": depth,
+        "pu": pu.astype(np.int32),
+        "gen_energy": energy.astype(f4),
+        "pt": (energy / np.cosh(tower_eta(aieta))).astype(f4),
+        "gain": gain.astype(f4),
+        "raw": raw,
+        "ped": ped,
+        "noise_adc": noise_adc,
+        "noise_photo": noise_photo,
+        "true_gain": true_gain,
+        "signal_charge": signal,
+        "time_shift": shift,
+        "pileup_energy": pileup,
+    }
+
+
+def _in_blocks(
+    n: int,
+    work: Callable[..., dict[str, np.ndarray]],
+    threads: int,
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
+    """``work(rows[, child_rng])`` over fixed blocks of rows, concatenated over blocks.
+
+    With ``rng``, each block gets its own spawned generator; blocks and generators depend only
+    on ``n`` and ``rng``, so the result is the same for any number of threads. numpy releases
+    the GIL in its heavy loops, so threads run in parallel.
+    """
+    slices = [slice(i, min(i + _BLOCK, n)) for i in range(0, n, _BLOCK)] or [slice(0, 0)]
+    args: list[list[Any]] = [slices] + ([rng.spawn(len(slices))] if rng is not None else [])
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(work, *args))
+        keys = list(parts[0])
+        joined = pool.map(lambda key: np.concatenate([part[key] for part in parts]), keys)
+        return dict(zip(keys, joined, strict=True))
+
+
+def generate_channels(
+    n: int, cfg: HcalSimConfig, rng: np.random.Generator, threads: int | None = None
+) -> HcalChannels:
+    """Generate ``n`` channels in memory (no reconstruction, no file).
+
+    Blocks of 32 768 channels, each with a generator spawned from ``rng``, run on ``threads``
+    threads (default ``cfg.threads``); the result depends only on ``rng``'s state.
+
+    Example:
+        >>> ch = generate_channels(10, HcalSimConfig(), np.random.default_rng(3), threads=1)
+        >>> ch.raw.shape, ch.raw.dtype.name
+        ((10, 8), 'float32')
+    """
+    if n < 0:
+        raise DetlearnError(f"hcal-energy simulate: number of channels must be >= 0 (got {n})")
+
+    def work(rows: slice, child: np.random.Generator) -> dict[str, np.ndarray]:
+        return _channels(rows.stop - rows.start, cfg, child)
+
+    return HcalChannels(**_in_blocks(n, work, threads or cfg.threads, rng))
+
+
+def write_channels(branches: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Write tree ``Events`` with FACILE's branches (:data:`BRANCHES`) to ``path`` atomically.
+
+    ``raw``, ``ped``, ``inNoiseADC`` and ``inNoisePhoto`` are fixed-size ``float[8]`` branches:
+    uproot reads them back as ``(n, 8)`` numpy arrays (awkward: ``n * 8 * float32``). The file
+    is written to a temporary name in the same folder and renamed into place.
+
+    Raises:
+        DetlearnError: when a branch of :data:`BRANCHES` is missing or an unknown one is given.
+    """
+    if set(branches) != set(BRANCHES):
+        missing = sorted(set(BRANCHES) - set(branches))
+        extra = sorted(set(branches) - set(BRANCHES))
+        raise DetlearnError(f"hcal-energy write: missing branches {missing}, unknown {extra}")
+    path = Path(path)
+    columns = {
+        name: np.ascontiguousarray(branches[name], dtype=dtype)
+        for name, (dtype, _) in BRANCHES.items()
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with uproot.recreate(tmp) as f:
+            f.mktree(
+                "Events", {name: np.dtype((dt, shape)) for name, (dt, shape) in BRANCHES.items()}
+            )
+            f["Events"].extend(columns)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def config_from_options(options: Mapping[str, Any] | None) -> HcalSimConfig:
+    """Validate the recipe's ``simulate`` options; a bad key names itself and the nearest one.
+
+    Example:
+        >>> config_from_options({"pu_mean_maz": 50})
+        Traceback (most recent call last):
+        ...
+        detlearn.errors.DetlearnError: hcal-energy simulate: unknown option 'pu_mean_maz'; did you mean 'pu_mean_max'?
+    """  # noqa: E501
+    try:
+        return HcalSimConfig.model_validate(dict(options or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "options"
+        if first["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(HcalSimConfig.model_fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DetlearnError(f"hcal-energy simulate: unknown option '{key}'{hint}") from None
+        raise DetlearnError(
+            f"hcal-energy simulate: option '{key}': {first['msg']} (got {first.get('input')!r})"
+        ) from None
+
+
+def simulate(
+    out_dir: str | Path, events: int, seed: int, options: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """The recipe entry point: ``events`` channels as ``hcal_{i:04d}.root`` files.
+
+    Each file holds ``channels_per_file`` channels (the last one the rest), with ``energy``
+    reconstructed by :func:`~.baselines.mahi_lite` and ``eraw`` by :func:`~.baselines.m0`.
+
+    Args:
+        out_dir: folder for the files (created).
+        events: number of channels (rows) in total.
+        seed: master seed; file i is generated from ``SeedSequence(seed).spawn(n_files)[i]``.
+        options: :class:`HcalSimConfig` fields (the recipe's ``simulate`` section).
+
+    Returns:
+        The files written, in order. A rich progress bar is shown when there are several.
+
+    Raises:
+        DetlearnError: an unknown option (naming the nearest valid one), an invalid value, or a
+            negative ``events``.
+
+    Example:
+        >>> simulate("sim", 500_000, seed=1)   # doctest: +SKIP
+        [PosixPath('sim/hcal_0000.root'), PosixPath('sim/hcal_0001.root'), ...]
+    """
+    # baselines builds on this module's pulse shape, so it can only be imported once this
+    # module exists.
+    from detlearn.recipes.hcal_energy.baselines import m0, mahi_lite
+
+    cfg = config_from_options(options)
+    if events < 0:
+        raise DetlearnError(f"hcal-energy simulate: number of channels must be >= 0 (got {events})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per = cfg.channels_per_file
+    sizes = [min(per, events - s) for s in range(0, events, per)]
+    seeds = np.random.SeedSequence(seed).spawn(len(sizes))
+
+    def one(i: int) -> Path:
+        ch = generate_channels(sizes[i], cfg, np.random.default_rng(seeds[i]))
+        branches = {
+            **ch.branches(),
+            "energy": mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg).energy,
+            "eraw": m0(ch.raw, ch.ped, ch.gain, cfg),
+        }
+        return write_channels(branches, out_dir / f"hcal_{i:04d}.root")
+
+    if len(sizes) <= 1:
+        return [one(i) for i in range(len(sizes))]
+    from rich.progress import track
+
+    return [one(i) for i in track(range(len(sizes)), "simulating HCAL channels", transient=True)]
