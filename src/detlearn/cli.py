@@ -249,13 +249,16 @@ def demo(
     """Simulate, prepare, train, evaluate and export a recipe on built-in data."""
     import json
 
+    from detlearn.config import deep_merge
     from detlearn.pipeline import run_recipe
     from detlearn.recipes import get_recipe
 
-    n = events if events is not None else getattr(get_recipe(recipe).module, "DEMO_EVENTS", None)
+    rec = get_recipe(recipe)
+    n = events if events is not None else getattr(rec.module, "DEMO_EVENTS", None)
     if not n:
         raise DetlearnError(f"recipe '{recipe}' has no demo size; pass --events")
-    result = run_recipe(recipe, out_dir, int(n), seed, parse_overrides(set_), console=out)
+    overrides = deep_merge(getattr(rec.module, "DEMO_OVERRIDES", {}), parse_overrides(set_))
+    result = run_recipe(recipe, out_dir, int(n), seed, overrides, console=out)
     metrics = json.loads((result["report"].parent / "metrics.json").read_text())
     for name, check in metrics.get("checks", {}).items():
         mark = "[green]pass[/]" if check["pass"] else "[red]FAIL[/]"

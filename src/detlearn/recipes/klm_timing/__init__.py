@@ -12,7 +12,9 @@ from detlearn.recipes.klm_timing.evaluate import evaluate
 from detlearn.recipes.klm_timing.features import extract
 from detlearn.recipes.klm_timing.simulate import simulate
 
-__all__ = ["DEMO_EVENTS", "evaluate", "extract", "simulate"]
+__all__ = ["DEMO_EVENTS", "DEMO_OVERRIDES", "evaluate", "extract", "simulate"]
 
-#: Events simulated by ``detlearn demo`` (``make demo``).
-DEMO_EVENTS = 6000
+#: Events simulated by ``detlearn demo`` (``make demo``): ~1.3 M photon rows.
+DEMO_EVENTS = 4000
+#: Config overrides of the demo: a fixed epoch budget, so the cosine schedule anneals fully.
+DEMO_OVERRIDES = {"training": {"max_epochs": 10}}
