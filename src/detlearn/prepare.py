@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import numpy as np
 
 from detlearn import __version__
@@ -80,10 +81,18 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
     keys = chunk.keys()
     branches = sorted(columns.branches([*keys, ENTRY_ALIAS], where=chunk.path) - {ENTRY_ALIAS})
     records = chunk.arrays(branches)
-    arrays: dict[str, Any] = {name: records[name] for name in branches}
+    # Flat numeric branches go to numpy: its ufuncs are several times faster than awkward's
+    # dispatch on the same data; jagged branches stay awkward.
+    arrays: dict[str, Any] = {name: _numpy_if_flat(records[name]) for name in branches}
     arrays[ENTRY_ALIAS] = np.arange(chunk.item.entry_start, chunk.item.entry_stop, dtype=np.int64)
     values, _, _ = columns.evaluate(arrays, where=chunk.path)
     return values
+
+
+def _numpy_if_flat(array: ak.Array) -> Any:
+    if array.ndim == 1 and isinstance(array.layout, ak.contents.NumpyArray):
+        return array.layout.data
+    return array
 
 
 def resolve_extractor(name: str | None) -> Extractor:

@@ -76,7 +76,10 @@ def write_shard(columns: dict[str, np.ndarray], path: Path) -> str:
     """Write one shard atomically; returns its SHA-256."""
     table = pa.table({name: pa.array(values) for name, values in columns.items()})
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    # No dictionary encoding: physics columns (floats, event ids, hashes) are nearly all
+    # distinct, and building the dictionary took most of the write time (measured). lz4 keeps
+    # writing several times faster than zstd for a few per cent more disk.
+    pq.write_table(table, sink, compression="lz4", use_dictionary=False)
     data = sink.getvalue().to_pybytes()
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
