@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from detlearn.errors import DetlearnError
 
@@ -29,6 +29,7 @@ __all__ = [
     "EvaluationConfig",
     "ExecutorConfig",
     "FlowConfig",
+    "HoldoutConfig",
     "ModelConfig",
     "RunConfig",
     "SlurmConfig",
@@ -86,6 +87,31 @@ class DataConfig(_Strict):
     )
 
 
+class HoldoutConfig(_Strict):
+    """Context points kept out of training and validation, for interpolation tests.
+
+    A row is held out when its ``columns`` equal one of ``points`` (relative tolerance
+    ``rtol``). ``points: checkerboard`` takes the distinct values of each column as a grid and
+    holds out its interior points with an even index sum, so every held-out point keeps its
+    grid neighbours in training.
+    """
+
+    columns: list[str] = Field(min_length=1, description="context columns a point is matched on")
+    points: list[list[float]] | Literal["checkerboard"] = Field(
+        "checkerboard", description="held-out points (one value per column), or 'checkerboard'"
+    )
+    rtol: float = Field(1e-6, gt=0, description="relative tolerance of the match")
+
+    @model_validator(mode="after")
+    def _one_value_per_column(self) -> HoldoutConfig:
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"columns must be distinct (got {self.columns})")
+        for point in self.points if isinstance(self.points, list) else []:
+            if len(point) != len(self.columns):
+                raise ValueError(f"point {point} needs one value per column {self.columns}")
+        return self
+
+
 class SplitConfig(_Strict):
     """Deterministic train/val/test split by a hash of the group id (the event by default)."""
 
@@ -93,6 +119,9 @@ class SplitConfig(_Strict):
     val: float = Field(0.1, ge=0, le=1, description="fraction of groups for validation")
     test: float = Field(0.1, ge=0, le=1, description="fraction of groups for testing")
     seed: int = Field(0, description="salt of the split hash")
+    holdout: HoldoutConfig | None = Field(
+        None, description="context points left out of train and val (kept for evaluation)"
+    )
 
 
 class SlurmConfig(_Strict):

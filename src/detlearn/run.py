@@ -60,6 +60,7 @@ def train(
     are left out of the flow and the loss is weighted. With ``model.count: negbinom`` a count
     model N | context is trained on one row per group, N taken from ``model.count_column``.
     """
+    from detlearn.data.holdout import holdout_mask, resolve_points
     from detlearn.models.counts import CountModel
     from detlearn.models.flows import ConditionalFlow
     from detlearn.training import fit
@@ -80,6 +81,14 @@ def train(
             f"{dataset}: a flow needs columns with role 'context' and 'target' "
             f"(found context {context}, target {target})"
         )
+    spec = cfg.split.holdout
+    if spec is not None:
+        for col in spec.columns:
+            if col not in context:
+                raise DetlearnError(
+                    f"split.holdout: column '{col}' is not a context column of {dataset} "
+                    f"(context: {', '.join(context)})"
+                )
     count_col = cfg.model.count_column if cfg.model.count != "none" else None
     columns = [*context, *target, *weight, GROUP_COLUMN] + ([count_col] if count_col else [])
     splits = {s: ds.load(columns, split=s) for s in ("train", "val")}
@@ -90,6 +99,34 @@ def train(
             bad = int((~np.isfinite(part[col])).sum())
             if bad:
                 raise DetlearnError(f"{dataset}: context column '{col}' has {bad} non-finite rows")
+    holdout = None
+    if spec is not None:
+        values = {s: np.stack([part[c] for c in spec.columns], 1) for s, part in splits.items()}
+        points = resolve_points(spec, np.concatenate(list(values.values())))
+        held = {s: holdout_mask(v, points, spec.rtol) for s, v in values.items()}
+        for point in points:
+            if not any(holdout_mask(v, point, spec.rtol).any() for v in values.values()):
+                raise DetlearnError(
+                    f"split.holdout: point {dict(zip(spec.columns, point.tolist(), strict=True))} "
+                    f"matches no train or val row of {dataset}"
+                )
+        splits = {s: {k: v[~held[s]] for k, v in part.items()} for s, part in splits.items()}
+        for name, part in splits.items():
+            if len(part[GROUP_COLUMN]) == 0:
+                raise DetlearnError(f"split.holdout leaves the '{name}' split of {dataset} empty")
+        holdout = {
+            "columns": spec.columns,
+            "points": points.tolist(),
+            "rtol": spec.rtol,
+            "rows_held_out": {s: int(h.sum()) for s, h in held.items()},
+        }
+    for col in context:
+        if np.ptp(splits["train"][col]) == 0:
+            raise DetlearnError(
+                f"{dataset}: context column '{col}' is constant ({splits['train'][col][0]:g}) "
+                "over the training split, so the model cannot learn a dependence on it; "
+                "give it the role 'observer' or train on varied values"
+            )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +193,7 @@ def train(
             for t, lo, hi in zip(target, lower, upper, strict=True)
         ],
         "count": count_info,
+        "holdout": holdout,
         "config": cfg.model_dump(mode="json"),
     }
     atomic_write_json(out / RUN_FILE, info)

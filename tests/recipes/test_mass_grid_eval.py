@@ -1,0 +1,196 @@
+"""mass-grid validation: held-out grid points never reach training, and are what evaluate scores."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import detlearn.training
+from detlearn.config import deep_merge, validate_config
+from detlearn.data.holdout import checkerboard, holdout_mask
+from detlearn.errors import DetlearnError
+from detlearn.io.dataset import Dataset
+from detlearn.prepare import prepare
+from detlearn.recipes import get_recipe
+from detlearn.recipes.mass_grid import MassGridConfig, evaluate, grid_points, simulate
+from detlearn.run import ContextRangeWarning, Surrogate, train
+
+# A 4 x 4 grid (m_Φ 100 … 1870 GeV, m_ω 0.25 … 3.175 GeV) where every event passes the selection.
+SIMULATE = {"phi_points": 4, "omega_points": 4, "acceptance_max": 1.0, "acceptance_scale": 1.0}
+CHECKERBOARD = [[690.0, 1.225], [1280.0, 2.2]]
+CONTEXT = ["label_phi", "label_omega"]
+
+
+def _config(tmp, **overrides):
+    raw = deep_merge(
+        get_recipe("mass-grid").default_config(),
+        {
+            "simulate": SIMULATE,
+            "data": {"inputs": [str(tmp / "sim" / "*.root")]},
+            "executor": {"workers": 1},
+            "model": {"flow": {"transforms": 2, "hidden": [16, 16], "bins": 6}},
+            "training": {"batch_size": 512, "max_epochs": 1},
+            "evaluation": {"options": {"samples": 2000, "bootstrap": 4, "panels": 1}},
+        },
+    )
+    return validate_config(deep_merge(raw, overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The recipe defaults (checkerboard holdout) on the 4 x 4 grid; records what fit() saw."""
+    tmp = tmp_path_factory.mktemp("mass_grid")
+    cfg = _config(tmp)
+    simulate(tmp / "sim", 250, 0, cfg.simulate)
+    prepare(cfg, tmp / "ds", progress=False)
+    seen = {}
+    real_fit = detlearn.training.fit
+
+    def recording_fit(model, train_data, val_data, *args, **kwargs):
+        seen[type(model).__name__] = (train_data[1].numpy(), val_data[1].numpy())
+        return real_fit(model, train_data, val_data, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(detlearn.training, "fit", recording_fit)
+        train(cfg, tmp / "ds", tmp / "run", progress=False)
+    return tmp, seen["ConditionalFlow"]
+
+
+def test_default_holdout_is_the_interior_checkerboard_of_the_fedhex_grid():
+    grid = grid_points(MassGridConfig())
+    held = checkerboard(grid, CONTEXT)
+    assert len(held) == 32
+    # Every held-out point keeps its four grid neighbours in training.
+    step = np.array([590.0, 0.975])
+    for point in held:
+        for d in ([1, 0], [-1, 0], [0, 1], [0, -1]):
+            neighbour = point + np.array(d) * step
+            assert holdout_mask(grid, neighbour[None]).sum() == 1
+            assert not holdout_mask(neighbour[None], held).any()
+
+
+def test_heldout_rows_never_reach_training(trained):
+    tmp, (train_ctx, val_ctx) = trained
+    info = json.loads((tmp / "run" / "run.json").read_text())
+    assert info["holdout"]["columns"] == CONTEXT
+    np.testing.assert_allclose(info["holdout"]["points"], CHECKERBOARD)
+    for ctx in (train_ctx, val_ctx):
+        assert not holdout_mask(ctx, np.array(CHECKERBOARD)).any()
+    # The dataset does hold rows at those labels: they were dropped, not absent.
+    ds = Dataset.open(tmp / "ds")
+    for split, ctx in (("train", train_ctx), ("val", val_ctx)):
+        rows = ds.load(CONTEXT, split=split)
+        at = holdout_mask(np.stack([rows[c] for c in CONTEXT], 1), np.array(CHECKERBOARD))
+        assert at.sum() == info["holdout"]["rows_held_out"][split] > 0
+        assert len(ctx) == len(at) - at.sum()
+
+
+def test_evaluate_scores_exactly_the_heldout_labels(trained):
+    tmp, _ = trained
+    report = evaluate(tmp / "run", tmp / "report")
+    assert report == tmp / "report" / "report.html" and report.is_file()
+    metrics = json.loads((tmp / "report" / "metrics.json").read_text())
+    per_point, per_quantile = (t["rows"] for t in metrics["tables"])
+    labels = [[r["label_phi"], r["label_omega"]] for r in per_point]
+    np.testing.assert_allclose(labels, CHECKERBOARD)
+    assert all(r["interior"] for r in per_point) and len(per_quantile) == 2 * len(labels)
+    assert set(metrics["checks"]) == {"mean_pass_fraction", "width_pass_fraction"}
+    for r in per_point:
+        for f in ("phi", "omega"):
+            assert r[f"width_{f}_floor"] > 0 and r[f"mean_{f}_floor"] > 0
+        assert r["energy_sim2"] > 0 and r["kl_error"] > 0
+    assert metrics["metrics"]["samples_per_point"] == 2000
+
+
+def test_same_seed_same_samples_after_reload_at_a_heldout_label(trained):
+    tmp, _ = trained
+    label = dict(zip(CONTEXT, CHECKERBOARD[0], strict=True))
+    a = Surrogate.load(tmp / "run").sample(label, 500, seed=7)
+    b = Surrogate.load(tmp / "run").sample(label, 500, seed=7)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (1, 500, 2) and (a[..., 0] > 0).all() and (a[..., 1] > 0.415).all()
+
+
+def test_generation_outside_the_grid_warns_that_it_extrapolates(trained):
+    tmp, _ = trained
+    s = Surrogate.load(tmp / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.sample(dict(zip(CONTEXT, CHECKERBOARD[1], strict=True)), 10, seed=0)
+    with pytest.warns(ContextRangeWarning, match=r"label_phi in \[100, 1870\].*extrapolates"):
+        s.sample({"label_phi": 2500.0, "label_omega": 1.225}, 10, seed=0)
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for fit(): the test needs what train() would fit on, not a fit."""
+
+
+@pytest.mark.parametrize(
+    ("holdout", "absent"),
+    [
+        ({"columns": CONTEXT, "points": [[690.0, 2.2]]}, [[690.0, 2.2]]),
+        ({"columns": ["label_phi"], "points": [[1280.0]]}, [[1280.0, m] for m in (0.25, 2.2)]),
+    ],
+)
+def test_explicit_holdout_points_and_whole_grid_rows(trained, monkeypatch, holdout, absent):
+    tmp, _ = trained
+    seen = []
+
+    def stop(model, train_data, val_data, *args, **kwargs):
+        seen.extend([train_data[1].numpy(), val_data[1].numpy()])
+        raise _Stop
+
+    monkeypatch.setattr(detlearn.training, "fit", stop)
+    with pytest.raises(_Stop):
+        train(_config(tmp, split={"holdout": holdout}), tmp / "ds", tmp / "x", progress=False)
+    for ctx in seen:
+        assert not holdout_mask(ctx, np.array(absent)).any()
+        assert holdout_mask(ctx, np.array([[690.0, 1.225]])).any()
+
+
+def test_checkerboard_needs_a_grid_with_an_interior():
+    with pytest.raises(DetlearnError, match=r"the 2 x 5 grid .* has no interior point"):
+        checkerboard(np.array([[a, b] for a in (0, 1) for b in range(5)], float), CONTEXT)
+    continuous = np.random.default_rng(0).uniform(size=(5000, 1))
+    with pytest.raises(DetlearnError, match=r"column 'z' has \d+ distinct values, not a grid"):
+        checkerboard(continuous, ["z"])
+
+
+@pytest.mark.parametrize(
+    ("holdout", "message"),
+    [
+        ({"columns": ["phi"], "points": [[600.0]]}, "column 'phi' is not a context column"),
+        ({"columns": ["mass"], "points": [[600.0]]}, "column 'mass' is not a context column"),
+        (
+            {"columns": CONTEXT, "points": [[690.0, 1.3]]},
+            r"point \{'label_phi': 690.0, 'label_omega': 1.3\} matches no train or val row",
+        ),
+    ],
+)
+def test_bad_holdout_is_an_error(trained, holdout, message):
+    tmp, _ = trained
+    cfg = _config(tmp, split={"holdout": holdout})
+    with pytest.raises(DetlearnError, match=message):
+        train(cfg, tmp / "ds", tmp / "bad_run", progress=False)
+
+
+def test_constant_condition_column_is_an_error(tmp_path):
+    cfg = _config(tmp_path, simulate={"omega_points": 1}, split={"holdout": None})
+    simulate(tmp_path / "sim", 100, 0, cfg.simulate)
+    prepare(cfg, tmp_path / "ds", progress=False)
+    with pytest.raises(DetlearnError, match="context column 'label_omega' is constant"):
+        train(cfg, tmp_path / "ds", tmp_path / "run", progress=False)
+
+
+def test_evaluate_needs_a_holdout(trained, tmp_path):
+    tmp, _ = trained
+    info = json.loads((tmp / "run" / "run.json").read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "flow").symlink_to(tmp / "run" / "flow")
+    (run / "run.json").write_text(json.dumps({**info, "holdout": None}))
+    with pytest.raises(DetlearnError, match=r"trained without split\.holdout"):
+        evaluate(run, tmp_path / "report")
