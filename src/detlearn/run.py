@@ -371,7 +371,10 @@ def write_samples(
     from detlearn.io.dataset import atomic_write_bytes
 
     c = surrogate.context_array(context)
-    x = surrogate.sample(c, n, seed=seed)
+    with warnings.catch_warnings():
+        # context_array above has already warned about these contexts once.
+        warnings.simplefilter("ignore", ContextRangeWarning)
+        x = surrogate.sample(c, n, seed=seed)
     columns = {name: np.repeat(c[:, j], n) for j, name in enumerate(surrogate.context_names)}
     columns |= {name: x[:, :, j].reshape(-1) for j, name in enumerate(surrogate.target_names)}
     sink = pa.BufferOutputStream()
