@@ -15,8 +15,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -40,6 +41,7 @@ __all__ = [
     "dump_commented_yaml",
     "load_config",
     "validate_config",
+    "validate_options",
 ]
 
 Role = Literal["context", "target", "label", "weight", "observer", "group"]
@@ -257,6 +259,34 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         raise DetlearnError(_explain(err, source)) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_options(model: type[M], options: Mapping[str, Any] | None, source: str) -> M:
+    """Validate a free options mapping (e.g. a recipe's ``simulate`` section) into ``model``.
+
+    A bad key gives a one-line :class:`DetlearnError` naming it and its nearest valid spelling.
+
+    Example:
+        >>> validate_options(SlurmConfig, {"coers": 4}, "executor.slurm")
+        Traceback (most recent call last):
+        ...
+        detlearn.errors.DetlearnError: executor.slurm: unknown option 'coers'; did you mean 'cores'?
+    """
+    try:
+        return model.model_validate(dict(options or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "options"
+        if first["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DetlearnError(f"{source}: unknown option '{key}'{hint}") from None
+        raise DetlearnError(
+            f"{source}: option '{key}': {first['msg']} (got {first.get('input')!r})"
+        ) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

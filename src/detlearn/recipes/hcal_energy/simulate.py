@@ -50,7 +50,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -61,8 +60,9 @@ from typing import Any
 
 import numpy as np
 import uproot
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
 
 __all__ = [
@@ -595,18 +595,7 @@ def config_from_options(options: Mapping[str, Any] | None) -> HcalSimConfig:
         ...
         detlearn.errors.DetlearnError: hcal-energy simulate: unknown option 'pu_mean_maz'; did you mean 'pu_mean_max'?
     """  # noqa: E501
-    try:
-        return HcalSimConfig.model_validate(dict(options or {}))
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "options"
-        if first["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, list(HcalSimConfig.model_fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise DetlearnError(f"hcal-energy simulate: unknown option '{key}'{hint}") from None
-        raise DetlearnError(
-            f"hcal-energy simulate: option '{key}': {first['msg']} (got {first.get('input')!r})"
-        ) from None
+    return validate_options(HcalSimConfig, options, "hcal-energy simulate")
 
 
 def simulate(

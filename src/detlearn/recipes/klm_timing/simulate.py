@@ -69,8 +69,9 @@ from typing import Any, Literal
 import awkward as ak
 import numpy as np
 import uproot
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
 
 __all__ = [
@@ -809,14 +810,6 @@ def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Pat
     return path
 
 
-def _explain(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "options"
-    if first["type"] == "extra_forbidden":
-        return f"klm-timing simulate: unknown option '{key}'"
-    return f"klm-timing simulate: option '{key}': {first['msg']} (got {first.get('input')!r})"
-
-
 def simulate(
     out_dir: str | Path, events: int, seed: int, options: Mapping[str, Any] | None = None
 ) -> list[Path]:
@@ -838,10 +831,7 @@ def simulate(
         >>> simulate("sim", 4000, seed=1, options={"mode": "wls"})   # doctest: +SKIP
         [PosixPath('sim/klm_0000.edm4hep.root'), PosixPath('sim/klm_0001.edm4hep.root')]
     """
-    try:
-        cfg = KLMSimConfig.model_validate(dict(options or {}))
-    except ValidationError as err:
-        raise DetlearnError(_explain(err)) from None
+    cfg = validate_options(KLMSimConfig, options, "klm-timing simulate")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = [min(cfg.events_per_file, events - s) for s in range(0, events, cfg.events_per_file)]

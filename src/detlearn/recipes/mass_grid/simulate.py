@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ from typing import Any
 import awkward as ak
 import numpy as np
 import uproot
-from pydantic import ValidationError
 
+from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
 from detlearn.recipes.mass_grid.density import MassGridConfig, acceptance, grid_points, sample_reco
 
@@ -144,18 +143,7 @@ def config_from_options(options: Mapping[str, Any] | None) -> MassGridConfig:
         ...
         detlearn.errors.DetlearnError: mass-grid simulate: unknown option 'phi_tial_fraction'; did you mean 'phi_tail_fraction'?
     """  # noqa: E501
-    try:
-        return MassGridConfig.model_validate(dict(options or {}))
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "options"
-        if first["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, list(MassGridConfig.model_fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise DetlearnError(f"mass-grid simulate: unknown option '{key}'{hint}") from None
-        raise DetlearnError(
-            f"mass-grid simulate: option '{key}': {first['msg']} (got {first.get('input')!r})"
-        ) from None
+    return validate_options(MassGridConfig, options, "mass-grid simulate")
 
 
 def simulate(
