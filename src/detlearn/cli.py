@@ -212,9 +212,9 @@ def evaluate(
 ) -> None:
     """Validate a run against its recipe's simulator; writes report.html + metrics.json."""
     from detlearn.recipes import get_recipe
-    from detlearn.run import Surrogate
+    from detlearn.run import read_run_info
 
-    recipe = Surrogate.load(run).info.get("recipe")
+    recipe = read_run_info(run).get("recipe")
     if not recipe:
         raise DetlearnError(f"{run}: run has no recipe, so there is no simulator to compare with")
     report = get_recipe(recipe).function("evaluate")(run, out_dir or run / "report")

@@ -32,6 +32,7 @@ __all__ = [
     "FlowConfig",
     "HoldoutConfig",
     "ModelConfig",
+    "RegressorConfig",
     "RunConfig",
     "SlurmConfig",
     "SplitConfig",
@@ -162,11 +163,34 @@ class FlowConfig(_Strict):
     )
 
 
+class RegressorConfig(_Strict):
+    """A dense regressor of one target (model family 'regressor')."""
+
+    arch: Literal["model4exp", "mlp"] = Field(
+        "model4exp",
+        description="model4exp: FACILE's BN-Dense36-BN-Dense11-BN-Dense3-Dense1; mlp: `hidden`",
+    )
+    hidden: list[int] = Field(
+        default_factory=lambda: [64, 32], description="hidden layer sizes (arch mlp)"
+    )
+    batch_norm: bool = Field(True, description="BatchNorm before every hidden layer (arch mlp)")
+    activation: Literal["relu", "tanh", "silu"] = Field("relu", description="(arch mlp)")
+    loss: Literal["mse", "huber", "relative"] = Field(
+        "mse", description="mse | huber | relative (mean squared relative error)"
+    )
+    huber_delta: float = Field(
+        1.0, gt=0, description="Huber transition point, in target standard deviations"
+    )
+
+
 class ModelConfig(_Strict):
     """The model family and its settings."""
 
     family: Literal["flow", "classifier", "regressor"] = Field("flow", description="model family")
     flow: FlowConfig = Field(default_factory=FlowConfig, description="flow settings")
+    regressor: RegressorConfig = Field(
+        default_factory=RegressorConfig, description="regressor settings"
+    )
     count: Literal["none", "negbinom"] = Field(
         "none", description="also learn a per-group count N | context (negative binomial)"
     )

@@ -1,5 +1,11 @@
 """Deployment: ONNX export of a trained run, a JSON sidecar, and a parity check.
 
+A regressor exports as ``inputs[N, F] -> <target>[N]`` (physical units both sides; the input
+and target scaling and the eval-mode BatchNorms are in the graph), checked against PyTorch on
+test-like inputs: |onnx − torch| ≤ 1e-5 σ_y, σ_y the target's standard deviation in training
+(the scale the network computes in; float32 evaluation of the same weights in a different
+order differs by about that much).
+
 A flow exports as its sampler ``(noise[N, F], context[N, C]) -> sample[N, F]``: the host draws
 standard-normal noise (the pattern Geant4 Par04 and EICrecon use) and passes contexts in
 physical units; the support map and the standardization are inside the graph. The sidecar
@@ -23,12 +29,116 @@ import torch
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import atomic_write_json
 
-__all__ = ["check_parity", "export_run"]
+__all__ = ["check_parity", "export_onnx", "export_run"]
 
 OPSET = 17
 # float32 round-off of a few hundred graph operations: |onnx - torch| <= atol + rtol |torch|.
 PARITY_ATOL = 1e-5
 PARITY_RTOL = 5e-5
+# Regressors: |onnx - torch| <= this x the target's training standard deviation.
+REGRESSOR_PARITY = 1e-5
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int = OPSET,
+) -> Path:
+    """Trace ``module`` (eval mode) to ONNX at ``path`` atomically, batch axis 0 dynamic.
+
+    Uses the TorchScript exporter (``dynamo=False``), which needs no onnxscript.
+    """
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    was_training = module.training
+    batch = {0: "batch"}
+    try:
+        with warnings.catch_warnings():
+            # The legacy exporter is chosen on purpose; its deprecation notice is not the
+            # user's concern.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # Shape checks are Python bools on traced shapes; they do not enter the graph.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module.eval(),
+                example,
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes={name: batch for name in input_names + output_names},
+            )
+    finally:
+        module.train(was_training)
+    tmp.replace(path)
+    return path
+
+
+def _export_regressor(run_dir: Path, out: Path, rows: int) -> dict[str, Any]:
+    """The regressor branch of :func:`export_run` (parity on test-split inputs)."""
+    import onnxruntime as ort
+
+    from detlearn.io.dataset import Dataset
+    from detlearn.run import Regression
+
+    reg = Regression.load(run_dir)
+    model = reg.model
+    name = reg.target_name
+    onnx_path = export_onnx(
+        model, (torch.zeros(2, model.n_inputs),), out / "regressor.onnx", ["inputs"], [name]
+    )
+    ds = Dataset.open(reg.info["dataset"])
+    part = ds.load(reg.input_names, split="test", max_rows=rows)
+    x = np.stack([part[k] for k in reg.input_names], 1).astype(np.float32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run([name], {"inputs": x})[0].reshape(-1)
+    want = reg.predict(x)
+    diff = np.abs(got - want)
+    scale = float(model.y_std)
+    parity = {
+        "parity_max_abs": float(diff.max()),
+        "parity_max_rel": float((diff / np.maximum(np.abs(want), 1e-6)).max()),
+        "parity_max_scaled": float(diff.max() / (REGRESSOR_PARITY * scale)),
+        "parity_rows": len(x),
+    }
+    if parity["parity_max_scaled"] > 1:
+        raise DetlearnError(
+            f"{onnx_path}: onnxruntime differs from PyTorch by {parity['parity_max_abs']:.2e} "
+            f"(> {REGRESSOR_PARITY:g} x sigma_y = {REGRESSOR_PARITY * scale:.2e}); "
+            "the export is not faithful"
+        )
+    target = reg.info["target"][0]
+    sidecar = {
+        "model": onnx_path.name,
+        "opset": OPSET,
+        "recipe": reg.info.get("recipe"),
+        "detlearn_version": reg.info.get("detlearn_version"),
+        "inputs": {
+            "inputs": {
+                "shape": ["batch", model.n_inputs],
+                "dtype": "float32",
+                "columns": reg.info["context"],
+            }
+        },
+        "outputs": {name: {"shape": ["batch", 1], "dtype": "float32", "unit": target["unit"]}},
+        "normalization": {
+            "input_mean": model.x_mean.tolist(),
+            "input_std": model.x_std.tolist(),
+            "target_mean": float(model.y_mean),
+            "target_std": scale,
+            "note": "applied inside the graph",
+        },
+        **parity,
+    }
+    atomic_write_json(out / "regressor.json", sidecar)
+    return sidecar
 
 
 def check_parity(
@@ -53,18 +163,22 @@ def check_parity(
 def export_run(
     run_dir: str | Path, out: str | Path | None = None, rows: int = 4096, seed: int = 0
 ) -> dict[str, Any]:
-    """Export a run's flow to ONNX with its sidecar; returns the sidecar contents.
+    """Export a run's model to ONNX with its sidecar; returns the sidecar contents.
+
+    A regressor run is checked on ``rows`` test-split inputs (see the module docstring).
 
     Parity is checked with onnxruntime on ``rows`` held-out inputs: contexts drawn uniformly in
     the training range and fresh noise. A difference above 1e-5 + 5e-5 |x| (physical units)
     is an error: the exported graph would not be the model that was validated.
     """
     from detlearn.models.flows import export_sampler_onnx
-    from detlearn.run import Surrogate
+    from detlearn.run import Surrogate, read_run_info
 
-    surrogate = Surrogate.load(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
+    if read_run_info(run_dir).get("family") == "regressor":
+        return _export_regressor(Path(run_dir), out, rows)
+    surrogate = Surrogate.load(run_dir)
     onnx_path = out / "sampler.onnx"
     tmp = out / ".sampler.onnx.tmp"
     export_sampler_onnx(surrogate.flow, tmp, opset=OPSET)

@@ -5,6 +5,7 @@ Layout of a run directory::
     run.json            what was trained: recipe, version, columns with units and ranges, config
     flow/               the conditional flow: model.safetensors + model.json, history.csv, loss.png
     count/              (optional) the count model N | context, same layout
+    regressor/          (model.family regressor, instead of flow/) the regressor, same layout
 
 Nothing in a run directory is a pickle: weights are safetensors, the rest JSON/CSV/PNG.
 
@@ -31,7 +32,14 @@ from detlearn.config import RunConfig
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json
 
-__all__ = ["ContextRangeWarning", "Surrogate", "train", "write_samples"]
+__all__ = [
+    "ContextRangeWarning",
+    "Regression",
+    "Surrogate",
+    "read_run_info",
+    "train",
+    "write_samples",
+]
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
@@ -46,6 +54,87 @@ def _first_rows_per_group(groups: np.ndarray) -> np.ndarray:
     return np.sort(first)
 
 
+def _training_splits(
+    cfg: RunConfig, ds: Dataset, columns: list[str], context: list[str]
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any] | None]:
+    """The train and val splits of ``ds`` (``columns`` loaded), less held-out points.
+
+    Checks that both splits have rows and finite ``context`` columns; applies
+    ``split.holdout``. Returns the splits and the holdout record for ``run.json`` (or None).
+    """
+    from detlearn.data.holdout import holdout_mask, resolve_points
+
+    dataset = ds.root
+    spec = cfg.split.holdout
+    if spec is not None:
+        for col in spec.columns:
+            if col not in context:
+                raise DetlearnError(
+                    f"split.holdout: column '{col}' is not a context column of {dataset} "
+                    f"(context: {', '.join(context)})"
+                )
+    splits = {s: ds.load(columns, split=s) for s in ("train", "val")}
+    for name, part in splits.items():
+        if len(part[GROUP_COLUMN]) == 0:
+            raise DetlearnError(f"{dataset}: the '{name}' split is empty; prepare more events")
+        for col in context:
+            bad = int((~np.isfinite(part[col])).sum())
+            if bad:
+                raise DetlearnError(f"{dataset}: context column '{col}' has {bad} non-finite rows")
+    if spec is None:
+        return splits, None
+    values = {s: np.stack([part[c] for c in spec.columns], 1) for s, part in splits.items()}
+    points = resolve_points(spec, np.concatenate(list(values.values())))
+    held = {s: holdout_mask(v, points, spec.rtol) for s, v in values.items()}
+    for point in points:
+        if not any(holdout_mask(v, point, spec.rtol).any() for v in values.values()):
+            raise DetlearnError(
+                f"split.holdout: point {dict(zip(spec.columns, point.tolist(), strict=True))} "
+                f"matches no train or val row of {dataset}"
+            )
+    splits = {s: {k: v[~held[s]] for k, v in part.items()} for s, part in splits.items()}
+    for name, part in splits.items():
+        if len(part[GROUP_COLUMN]) == 0:
+            raise DetlearnError(f"split.holdout leaves the '{name}' split of {dataset} empty")
+    holdout = {
+        "columns": spec.columns,
+        "points": points.tolist(),
+        "rtol": spec.rtol,
+        "rows_held_out": {s: int(h.sum()) for s, h in held.items()},
+    }
+    return splits, holdout
+
+
+def _run_info(
+    cfg: RunConfig,
+    ds: Dataset,
+    train_part: Mapping[str, np.ndarray],
+    context: list[str],
+    target: list[dict[str, Any]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``run.json`` record shared by every model family."""
+    return {
+        "format": RUN_FORMAT,
+        "detlearn_version": __version__,
+        "recipe": cfg.recipe,
+        "family": cfg.model.family,
+        "dataset": str(ds.root.resolve()),
+        "context": [
+            {
+                "name": k,
+                "unit": ds.columns[k]["unit"],
+                "min": float(train_part[k].min()),
+                "max": float(train_part[k].max()),
+            }
+            for k in context
+        ],
+        "target": target,
+        **extra,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
 def train(
     cfg: RunConfig,
     dataset: str | Path,
@@ -55,20 +144,21 @@ def train(
 ) -> Path:
     """Train the model of ``cfg`` on a prepared dataset; returns the run directory.
 
-    Context columns (role ``context``) condition the flow over the target columns (role
-    ``target``, with their physical bounds as support). Rows with weight 0 (role ``weight``)
-    are left out of the flow and the loss is weighted. With ``model.count: negbinom`` a count
-    model N | context is trained on one row per group, N taken from ``model.count_column``.
+    ``model.family: flow``: context columns (role ``context``) condition the flow over the
+    target columns (role ``target``, with their physical bounds as support). Rows with weight 0
+    (role ``weight``) are left out of the flow and the loss is weighted. With
+    ``model.count: negbinom`` a count model N | context is trained on one row per group, N
+    taken from ``model.count_column``.
+
+    ``model.family: regressor``: a :class:`~detlearn.models.Regressor` of the one target
+    column from the context columns (its inputs), scaling fitted on the training split.
     """
-    from detlearn.data.holdout import holdout_mask, resolve_points
     from detlearn.models.counts import CountModel
     from detlearn.models.flows import ConditionalFlow
     from detlearn.training import fit
 
-    if cfg.model.family != "flow":
-        raise DetlearnError(
-            f"model.family '{cfg.model.family}' is not trainable by this command yet"
-        )
+    if cfg.model.family == "classifier":
+        raise DetlearnError("model.family 'classifier' is not trainable by this command yet")
     ds = Dataset.open(dataset)
     if cfg.recipe and ds.manifest.get("recipe") not in (None, cfg.recipe):
         raise DetlearnError(
@@ -78,48 +168,14 @@ def train(
     context, target, weight = ds.names("context"), ds.names("target"), ds.names("weight")
     if not context or not target:
         raise DetlearnError(
-            f"{dataset}: a flow needs columns with role 'context' and 'target' "
+            f"{dataset}: a {cfg.model.family} needs columns with role 'context' and 'target' "
             f"(found context {context}, target {target})"
         )
-    spec = cfg.split.holdout
-    if spec is not None:
-        for col in spec.columns:
-            if col not in context:
-                raise DetlearnError(
-                    f"split.holdout: column '{col}' is not a context column of {dataset} "
-                    f"(context: {', '.join(context)})"
-                )
+    if cfg.model.family == "regressor":
+        return _train_regressor(cfg, ds, Path(out), context, target, weight, resume, progress)
     count_col = cfg.model.count_column if cfg.model.count != "none" else None
     columns = [*context, *target, *weight, GROUP_COLUMN] + ([count_col] if count_col else [])
-    splits = {s: ds.load(columns, split=s) for s in ("train", "val")}
-    for name, part in splits.items():
-        if len(part[GROUP_COLUMN]) == 0:
-            raise DetlearnError(f"{dataset}: the '{name}' split is empty; prepare more events")
-        for col in context:
-            bad = int((~np.isfinite(part[col])).sum())
-            if bad:
-                raise DetlearnError(f"{dataset}: context column '{col}' has {bad} non-finite rows")
-    holdout = None
-    if spec is not None:
-        values = {s: np.stack([part[c] for c in spec.columns], 1) for s, part in splits.items()}
-        points = resolve_points(spec, np.concatenate(list(values.values())))
-        held = {s: holdout_mask(v, points, spec.rtol) for s, v in values.items()}
-        for point in points:
-            if not any(holdout_mask(v, point, spec.rtol).any() for v in values.values()):
-                raise DetlearnError(
-                    f"split.holdout: point {dict(zip(spec.columns, point.tolist(), strict=True))} "
-                    f"matches no train or val row of {dataset}"
-                )
-        splits = {s: {k: v[~held[s]] for k, v in part.items()} for s, part in splits.items()}
-        for name, part in splits.items():
-            if len(part[GROUP_COLUMN]) == 0:
-                raise DetlearnError(f"split.holdout leaves the '{name}' split of {dataset} empty")
-        holdout = {
-            "columns": spec.columns,
-            "points": points.tolist(),
-            "rtol": spec.rtol,
-            "rows_held_out": {s: int(h.sum()) for s, h in held.items()},
-        }
+    splits, holdout = _training_splits(cfg, ds, columns, context)
     for col in context:
         if np.ptp(splits["train"][col]) == 0:
             raise DetlearnError(
@@ -174,28 +230,55 @@ def train(
         )
         count_info = {"column": count_col, "model": "negbinom"}
 
-    info = {
-        "format": RUN_FORMAT,
-        "detlearn_version": __version__,
-        "recipe": cfg.recipe,
-        "dataset": str(Path(dataset).resolve()),
-        "context": [
-            {
-                "name": k,
-                "unit": ds.columns[k]["unit"],
-                "min": float(splits["train"][k].min()),
-                "max": float(splits["train"][k].max()),
-            }
-            for k in context
-        ],
-        "target": [
-            {"name": t, "unit": ds.columns[t]["unit"], "lower": lo, "upper": hi}
-            for t, lo, hi in zip(target, lower, upper, strict=True)
-        ],
-        "count": count_info,
-        "holdout": holdout,
-        "config": cfg.model_dump(mode="json"),
-    }
+    targets = [
+        {"name": t, "unit": ds.columns[t]["unit"], "lower": lo, "upper": hi}
+        for t, lo, hi in zip(target, lower, upper, strict=True)
+    ]
+    info = _run_info(cfg, ds, splits["train"], context, targets, count=count_info, holdout=holdout)
+    atomic_write_json(out / RUN_FILE, info)
+    return out
+
+
+def _train_regressor(
+    cfg: RunConfig,
+    ds: Dataset,
+    out: Path,
+    inputs: list[str],
+    target: list[str],
+    weight: list[str],
+    resume: bool,
+    progress: bool,
+) -> Path:
+    """The regressor branch of :func:`train`: ``out/regressor/`` + ``out/run.json``."""
+    from detlearn.models.regressors import Regressor
+    from detlearn.training import fit
+
+    if len(target) != 1:
+        raise DetlearnError(
+            f"{ds.root}: a regressor predicts one target column, the dataset has {target}"
+        )
+    splits, holdout = _training_splits(cfg, ds, [*inputs, *target, *weight, GROUP_COLUMN], inputs)
+    tensors = {}
+    for name, part in splits.items():
+        batch = {
+            "inputs": np.stack([part[k] for k in inputs], 1),
+            "target": part[target[0]],
+        }
+        if weight:
+            batch["weight"] = part[weight[0]]
+        tensors[name] = batch
+    out.mkdir(parents=True, exist_ok=True)
+    model = Regressor(len(inputs), cfg.model.regressor, inputs, target[0])
+    fit(model, tensors["train"], tensors["val"], cfg.training, out / "regressor", resume, progress)
+    unit = ds.columns[target[0]]["unit"]
+    info = _run_info(
+        cfg,
+        ds,
+        splits["train"],
+        inputs,
+        [{"name": target[0], "unit": unit, "lower": None, "upper": None}],
+        holdout=holdout,
+    )
     atomic_write_json(out / RUN_FILE, info)
     return out
 
@@ -211,6 +294,40 @@ def _flow_tensors(
     return x, c
 
 
+def read_run_info(
+    run_dir: str | Path, recipe: str | None = None, family: str | None = None
+) -> dict[str, Any]:
+    """The ``run.json`` of a run directory, checked for format, ``recipe`` and model ``family``.
+
+    A directory that is not a run, was trained for another recipe or model family, or was
+    written by an incompatible detlearn version gives a one-line :class:`DetlearnError`.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise DetlearnError(f"{run_dir}: not a detlearn run directory (no {RUN_FILE})")
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DetlearnError(f"{path}: not valid JSON ({err.msg})") from None
+    if info.get("format") != RUN_FORMAT:
+        raise DetlearnError(
+            f"{run_dir}: run format {info.get('format')} written by detlearn "
+            f"{info.get('detlearn_version')} is not readable by detlearn {__version__} "
+            f"(format {RUN_FORMAT}); retrain it"
+        )
+    if recipe is not None and info.get("recipe") != recipe:
+        raise DetlearnError(
+            f"{run_dir}: run was trained for recipe '{info.get('recipe')}', not '{recipe}'"
+        )
+    if family is not None and info.get("family", "flow") != family:
+        raise DetlearnError(
+            f"{run_dir}: run holds a {info.get('family')}, not a {family} "
+            f"(load it with {'Regression' if info.get('family') == 'regressor' else 'Surrogate'})"
+        )
+    return info
+
+
 class Surrogate:
     """A trained conditional surrogate loaded from a run directory (physical units in and out).
 
@@ -224,31 +341,11 @@ class Surrogate:
 
     @classmethod
     def load(cls, run_dir: str | Path, recipe: str | None = None) -> Surrogate:
-        """Load a run directory written by :func:`train`.
-
-        A directory that is not a run, was trained for another recipe than ``recipe``, or was
-        written by an incompatible detlearn version gives a one-line :class:`DetlearnError`.
-        """
+        """Load a flow run directory written by :func:`train` (checks: :func:`read_run_info`)."""
         from detlearn.models import load_model
 
         run_dir = Path(run_dir)
-        path = run_dir / RUN_FILE
-        if not path.is_file():
-            raise DetlearnError(f"{run_dir}: not a detlearn run directory (no {RUN_FILE})")
-        try:
-            info = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise DetlearnError(f"{path}: not valid JSON ({err.msg})") from None
-        if info.get("format") != RUN_FORMAT:
-            raise DetlearnError(
-                f"{run_dir}: run format {info.get('format')} written by detlearn "
-                f"{info.get('detlearn_version')} is not readable by detlearn {__version__} "
-                f"(format {RUN_FORMAT}); retrain it"
-            )
-        if recipe is not None and info.get("recipe") != recipe:
-            raise DetlearnError(
-                f"{run_dir}: run was trained for recipe '{info.get('recipe')}', not '{recipe}'"
-            )
+        info = read_run_info(run_dir, recipe, family="flow")
         flow = load_model(run_dir / "flow")
         count = load_model(run_dir / "count") if info.get("count") else None
         return cls(run_dir, info, flow, count)
@@ -382,3 +479,56 @@ def write_samples(
     path = Path(path)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path
+
+
+class Regression:
+    """A trained regressor loaded from a run directory (physical units in and out).
+
+    Example:
+        >>> r = Regression.load("runs/hcal", recipe="hcal-energy")         # doctest: +SKIP
+        >>> energy = r.predict(inputs)       # inputs [N, 36] or {name: column}  # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: Path, info: dict[str, Any], model: Any) -> None:
+        self.run_dir, self.info, self.model = run_dir, info, model
+
+    @classmethod
+    def load(cls, run_dir: str | Path, recipe: str | None = None) -> Regression:
+        """Load a regressor run directory written by :func:`train`."""
+        from detlearn.models import load_model
+
+        run_dir = Path(run_dir)
+        info = read_run_info(run_dir, recipe, family="regressor")
+        return cls(run_dir, info, load_model(run_dir / "regressor"))
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the input columns, in model order."""
+        return [c["name"] for c in self.info["context"]]
+
+    @property
+    def target_name(self) -> str:
+        """Name of the predicted column."""
+        return str(self.info["target"][0]["name"])
+
+    @torch.no_grad()
+    def predict(
+        self, inputs: Mapping[str, np.ndarray] | np.ndarray, batch_size: int = 1 << 16
+    ) -> np.ndarray:
+        """Predictions [N] in target units for inputs [N, F] (or a mapping name -> column)."""
+        if isinstance(inputs, Mapping):
+            missing = [k for k in self.input_names if k not in inputs]
+            if missing:
+                raise DetlearnError(
+                    f"inputs: missing column '{missing[0]}' (needs {', '.join(self.input_names)})"
+                )
+            x = np.stack([np.asarray(inputs[k], dtype=np.float32) for k in self.input_names], 1)
+        else:
+            x = np.asarray(inputs, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(self.input_names):
+            raise DetlearnError(
+                f"inputs: expected shape [N, {len(self.input_names)}], got {list(x.shape)}"
+            )
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        parts = [self.model(t[i : i + batch_size]) for i in range(0, len(t), batch_size)]
+        return torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.float32)

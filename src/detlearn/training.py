@@ -1,9 +1,10 @@
 r"""Training with Lightning: one LightningModule for every likelihood model, and :func:`fit`.
 
-Any model with a ``loss(batch) -> Tensor`` method (a mean negative log-likelihood: the
-:class:`~detlearn.models.ConditionalFlow` and the :class:`~detlearn.models.CountModel`), a
-``batch_keys`` tuple naming its batch columns, ``fit_normalization(*columns)``, and
-``spec()`` trains the same way:
+Any model with a ``loss(batch) -> Tensor`` method (a mean negative log-likelihood for the
+:class:`~detlearn.models.ConditionalFlow` and the :class:`~detlearn.models.CountModel`, a
+regression loss for the :class:`~detlearn.models.Regressor`, which names it in
+``loss_label``), a ``batch_keys`` tuple naming its batch columns,
+``fit_normalization(*columns)``, and ``spec()`` trains the same way:
 
 - AdamW; the learning rate rises linearly over the first 2 % of optimizer steps, then follows
   a cosine down to lr / 100, stepped per batch; gradients are clipped to norm 5.
@@ -59,6 +60,7 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "elapsed_s")
 _WARMUP_FRACTION = 0.02
 _FINAL_LR_FRACTION = 0.01
 _CLIP_NORM = 5.0
+_NLL_LABEL = "loss (mean NLL) [nats]"
 
 
 def lr_factor(step: int, total: int, schedule: str = "cosine") -> float:
@@ -186,6 +188,24 @@ def _tensors(data: Arrays, keys: Sequence[str], which: str) -> list[torch.Tensor
     return tensors
 
 
+class _Columns(TensorDataset):
+    """A TensorDataset that hands out a whole batch with one indexing per column.
+
+    The DataLoader's default fetch indexes every row separately and stacks the rows again,
+    which costs more than a small model's step; ``__getitems__`` (used by the DataLoader for
+    map-style datasets) gathers the batch's rows in one go, and :func:`_as_is` collates
+    nothing. Shuffling and distributed samplers work as for any map-style dataset.
+    """
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return [t[index] for t in self.tensors]
+
+
+def _as_is(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    return batch
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silence Lightning's informational banners (accelerator, seed, tips) for the block."""
@@ -211,6 +231,24 @@ def _restore_determinism(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled)
+
+
+# Multiply-adds per optimizer step below which one intra-op thread is used: the work is too
+# small to split, and waiting threads on busy cores made such steps up to 100x slower.
+_SMALL_STEP_MACS = 5e7
+
+
+@contextmanager
+def _step_threads(model: torch.nn.Module, batch_size: int) -> Iterator[None]:
+    """One torch thread while training a model whose step is small (restored afterwards)."""
+    before = torch.get_num_threads()
+    macs = sum(p.numel() for p in model.parameters()) * batch_size
+    if macs < _SMALL_STEP_MACS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _distributed() -> tuple[int, int]:
@@ -279,13 +317,17 @@ def fit(
     started = time.perf_counter()
     # Lightning switches deterministic algorithms on process-wide; give the caller theirs back.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    with _quiet(), _restore_determinism(was_deterministic):
+    with _quiet(), _restore_determinism(was_deterministic), _step_threads(model, cfg.batch_size):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         train_loader = DataLoader(
-            TensorDataset(*train_t), batch_size=cfg.batch_size, shuffle=True, generator=shuffle
+            _Columns(*train_t),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=shuffle,
+            collate_fn=_as_is,
         )
-        val_loader = DataLoader(TensorDataset(*val_t), batch_size=4 * cfg.batch_size)
+        val_loader = DataLoader(_Columns(*val_t), batch_size=4 * cfg.batch_size, collate_fn=_as_is)
         checkpoint = ModelCheckpoint(
             dirpath=ckpt_dir,
             filename="best",
@@ -346,7 +388,7 @@ def fit(
     if trainer.is_global_zero:
         save_model(model, run_dir)
         rows = _write_history(log_dir, history)
-        _plot_losses(rows, run_dir / "loss.png")
+        _plot_losses(rows, run_dir / "loss.png", getattr(model, "loss_label", _NLL_LABEL))
     trainer.strategy.barrier("detlearn-artifacts")
     return FitResult(
         best_val_loss=float(best_loss) if best_loss is not None else math.nan,
@@ -401,7 +443,7 @@ def _write_history(log_dir: Path, path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
+def _plot_losses(rows: list[dict[str, float]], path: Path, label: str) -> None:
     """Train and validation loss per epoch (Figure directly: no pyplot, no GUI backend)."""
     from matplotlib.figure import Figure
 
@@ -411,6 +453,6 @@ def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
     ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", label="train")
     ax.plot(epochs, [r["val_loss"] for r in rows], marker=".", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (mean NLL) [nats]")
+    ax.set_ylabel(label)
     ax.legend()
     fig.savefig(path, dpi=120)

@@ -33,6 +33,7 @@ from detlearn.errors import DetlearnError
 __all__ = [
     "ConditionalFlow",
     "CountModel",
+    "Regressor",
     "export_sampler_onnx",
     "load_model",
     "model_class",
@@ -117,3 +118,4 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tor
 # The model modules register themselves with the functions above, so they come last.
 from detlearn.models.counts import CountModel  # noqa: E402
 from detlearn.models.flows import ConditionalFlow, export_sampler_onnx  # noqa: E402
+from detlearn.models.regressors import Regressor  # noqa: E402

@@ -10,6 +10,8 @@ Layers:
   :func:`m0` (``eraw``), on the exact batched solver :func:`batched_nnls` and the
   jitter-averaged pulse templates :func:`template_fractions`.
 
+- :mod:`.evaluate`: FACILE's response and resolution per (PU, pT) bin, DNN vs both.
+
 The data path is config-only (``recipe.yaml``: the 36 model inputs as branch expressions, target
 ``genE``, FACILE's selection ``genE > 0.1``).
 
@@ -27,6 +29,7 @@ from detlearn.recipes.hcal_energy.baselines import (
     mahi_lite,
     template_fractions,
 )
+from detlearn.recipes.hcal_energy.evaluate import evaluate
 from detlearn.recipes.hcal_energy.simulate import (
     BRANCHES,
     ETA_EDGES,
@@ -49,9 +52,13 @@ from detlearn.recipes.hcal_energy.simulate import (
     write_channels,
 )
 
+#: Channels ``detlearn demo --recipe hcal-energy`` simulates.
+DEMO_EVENTS = 1_000_000
+
 __all__ = [
     "ACTIVE_BX",
     "BRANCHES",
+    "DEMO_EVENTS",
     "ETA_EDGES",
     "MAX_DEPTH",
     "SAMPLES",
@@ -62,6 +69,7 @@ __all__ = [
     "MahiResult",
     "batched_nnls",
     "config_from_options",
+    "evaluate",
     "generate_channels",
     "m0",
     "mahi_lite",

@@ -1,0 +1,142 @@
+"""Claim: the hcal-energy regressor (Model4Exp) reconstructs a channel in <= 50 ns at batch 16384
+on 2 CPU cores (FACILE reported ~500 ns on a CPU).
+
+Builds Model4Exp with its input and target scaling fitted on simulated channels (or loads a
+trained run with ``--run``), exports it with ``detlearn.export.export_onnx``, and times, in
+this process, back to back, the per-channel latency vs batch size (2^8 ... 2^16; medians over
+``--trials`` timed trials after warm-up, each trial >= 20 ms of back-to-back calls):
+
+- torch eager (the model as trained: scaling + BatchNorm layers, eval mode);
+- TorchScript: the folded model (scaling and BatchNorm folded into the Linear layers),
+  scripted, frozen and optimized for inference;
+- onnxruntime, default ``InferenceSession`` on the exported model (the reference);
+- onnxruntime tuned: the same exported model, sequential execution, all graph optimizations,
+  ``--threads`` intra-op threads and preallocated input/output buffers (I/O binding).
+
+Prints the table, the best runtime at 16384 against the 50 ns target, and its ratio to the
+default onnxruntime session; writes timing.png.
+
+Run: .venv/bin/python benchmarks/hcal_latency.py [--trials 15] [--run RUN_DIR] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from detlearn.config import RegressorConfig
+from detlearn.evaluation.latency import latency_per_row, plot_latency
+from detlearn.export import export_onnx
+from detlearn.models.regressors import Regressor
+from detlearn.recipes.hcal_energy import HcalSimConfig, generate_channels
+from detlearn.run import Regression
+
+TARGET_NS = 50.0
+BATCHES = [2**k for k in range(8, 17)]
+
+
+def inputs_from_simulation(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n, 36] FACILE inputs (depth, ieta, iphi, gain, raw, ped, inNoiseADC, inNoisePhoto), genE."""
+    ch = generate_channels(n, HcalSimConfig(), np.random.default_rng(0)).branches()
+    scalars = [ch[k].reshape(-1, 1) for k in ("depth", "ieta", "iphi", "gain")]
+    arrays = [ch[k] for k in ("raw", "ped", "inNoiseADC", "inNoisePhoto")]
+    return np.concatenate(scalars + arrays, 1).astype(np.float32), ch["genE"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=15, help="timed trials per batch size")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (tuned)")
+    parser.add_argument("--run", type=Path, default=None, help="a trained hcal-energy run")
+    parser.add_argument("--out", type=Path, default=None, help="folder for timing.png")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="hcal_latency_"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    x, gen_e = inputs_from_simulation(max(BATCHES))
+    if args.run is not None:
+        model = Regression.load(args.run).model
+    else:
+        model = Regressor(x.shape[1], RegressorConfig(arch="model4exp"))
+        model.fit_normalization(torch.from_numpy(x), torch.from_numpy(gen_e))
+    model.eval()
+    onnx_path = export_onnx(model, (torch.zeros(2, x.shape[1]),), out / "model.onnx",
+                            ["inputs"], ["genE"])  # fmt: skip
+    torch.set_num_threads(args.threads)
+
+    def torch_eager(b: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(torch.from_numpy(b))
+
+    scripted = torch.jit.optimize_for_inference(torch.jit.script(model.folded()))
+
+    def torchscript(b: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return scripted(torch.from_numpy(b))
+
+    default = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def ort_default(b: np.ndarray) -> list[np.ndarray]:
+        return default.run(None, {"inputs": b})
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    tuned = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    bindings: dict[int, tuple[ort.IOBinding, np.ndarray]] = {}
+
+    def ort_tuned(b: np.ndarray) -> np.ndarray:
+        if len(b) not in bindings:
+            binding = tuned.io_binding()
+            result = np.empty((len(b),), dtype=np.float32)
+            binding.bind_output("genE", "cpu", 0, np.float32, list(result.shape),
+                                result.ctypes.data)  # fmt: skip
+            bindings[len(b)] = (binding, result)
+        binding, result = bindings[len(b)]
+        binding.bind_cpu_input("inputs", b)
+        tuned.run_with_iobinding(binding)
+        return result
+
+    # The runtimes agree before they are timed.
+    check = x[:4096]
+    want = torch_eager(check).numpy()
+    for name, fn in [("torchscript", torchscript), ("ort default", ort_default),
+                     ("ort tuned", ort_tuned)]:  # fmt: skip
+        got = fn(check)
+        got = np.asarray(got[0] if isinstance(got, list) else got).reshape(-1)
+        err = np.abs(got - want).max() / float(model.y_std)
+        assert err < 1e-4, f"{name} disagrees with torch eager by {err:.1e} sigma_y"
+
+    runtimes = {
+        "torch eager": torch_eager,
+        "TorchScript (folded)": torchscript,
+        "onnxruntime default": ort_default,
+        "onnxruntime tuned": ort_tuned,
+    }
+    curves = {name: latency_per_row(fn, x, BATCHES, trials=args.trials)
+              for name, fn in runtimes.items()}  # fmt: skip
+    print(f"per-channel latency [ns], median of {args.trials} trials, {args.threads} threads")
+    print(f"{'batch':>7} " + " ".join(f"{n:>22}" for n in curves))
+    for i, b in enumerate(BATCHES):
+        print(f"{b:>7} " + " ".join(f"{c[i]['ns_per_row']:>22.1f}" for c in curves.values()))
+    at = {name: next(r["ns_per_row"] for r in rows if r["batch"] == 16384)
+          for name, rows in curves.items()}  # fmt: skip
+    best = min((n for n in at if n != "onnxruntime default"), key=at.__getitem__)
+    ref = at["onnxruntime default"]
+    verdict = "met" if at[best] <= TARGET_NS else "NOT met"
+    print(
+        f"batch 16384: {best} {at[best]:.1f} ns/channel (target <= {TARGET_NS:g} ns: {verdict}); "
+        f"onnxruntime default session {ref:.1f} ns -> ratio {ref / at[best]:.2f}x faster"
+    )
+    print(f"timing plot: {plot_latency(curves, out / 'timing.png', target_ns=TARGET_NS)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Dense regressors: FACILE's ``Model4Exp`` exactly, or a configurable MLP, with stored scaling.
+
+A :class:`Regressor` maps F inputs (physical units) to one target (physical units, e.g. GeV):
+
+    x → (x − μ_x)/σ_x → [BatchNorm → Linear → act] × L → Linear → y · σ_y + μ_y
+
+μ and σ are fitted on the training split (:meth:`Regressor.fit_normalization`) and saved with
+the weights. ``arch="model4exp"`` is FACILE's ``4layersExp``: BatchNorm → Dense 36 (ReLU) →
+BatchNorm → Dense 11 (ReLU) → BatchNorm → Dense 3 (ReLU) → Dense 1, Keras BatchNorm momentum
+0.6 (PyTorch momentum 0.4); 2,111 parameters counted as Keras does (BatchNorm moving mean and
+variance included: :meth:`Regressor.keras_parameter_count`).
+
+For deployment :meth:`Regressor.folded` returns the same function as four plain ``Linear``
+layers: the input scaling and every eval-mode BatchNorm are affine maps, folded into the
+weights of the layer that follows them, and the target scaling into the last layer.
+
+Example:
+    >>> from detlearn.config import RegressorConfig
+    >>> model = Regressor(36, RegressorConfig(arch="model4exp"))
+    >>> model.keras_parameter_count()
+    2111
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detlearn.config import RegressorConfig
+from detlearn.errors import DetlearnError
+from detlearn.models import register_model
+
+__all__ = ["MODEL4EXP_HIDDEN", "Regressor"]
+
+#: Hidden layer sizes of FACILE's Model4Exp.
+MODEL4EXP_HIDDEN = (36, 11, 3)
+# Keras BatchNormalization(momentum=0.6): moving = 0.6 moving + 0.4 batch.
+_MODEL4EXP_BN_MOMENTUM = 0.4
+_ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
+# Relative-error loss: |y| below this (target units) counts as this, so y ≈ 0 cannot blow up.
+_RELATIVE_FLOOR = 1e-3
+
+
+def _layers(
+    n_inputs: int, hidden: list[int], batch_norm: bool, activation: str, momentum: float
+) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    width = n_inputs
+    for size in hidden:
+        if batch_norm:
+            layers.append(torch.nn.BatchNorm1d(width, momentum=momentum))
+        layers += [torch.nn.Linear(width, size), _ACTIVATIONS[activation]()]
+        width = size
+    layers.append(torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(*layers)
+
+
+@register_model("regressor")
+class Regressor(torch.nn.Module):
+    """One target from F inputs; a dense network with stored input and target scaling.
+
+    Args:
+        n_inputs: number of input columns F.
+        cfg: architecture (``model4exp`` or ``mlp`` with ``hidden``, ``batch_norm``,
+            ``activation``) and loss (``mse``, ``huber`` with ``huber_delta`` in target
+            standard deviations, or ``relative``: mean ((ŷ − y)/y)²).
+        input_names: names of the input columns (kept in the spec and the export sidecar).
+        target_name: name of the target column.
+    """
+
+    batch_keys = ("inputs", "target")
+
+    @property
+    def loss_label(self) -> str:
+        """Axis label of the training loss."""
+        if self.cfg.loss == "relative":
+            return "loss: mean ((ŷ − y)/y)²"
+        return f"loss ({self.cfg.loss.upper() if self.cfg.loss == 'mse' else 'Huber'}) [σ_y²]"
+
+    def __init__(
+        self,
+        n_inputs: int,
+        cfg: RegressorConfig,
+        input_names: list[str] | None = None,
+        target_name: str = "target",
+    ) -> None:
+        super().__init__()
+        if n_inputs < 1:
+            raise DetlearnError(f"a regressor needs at least one input column (got {n_inputs})")
+        self.n_inputs, self.cfg = n_inputs, cfg
+        self.input_names = list(input_names or [f"x{i}" for i in range(n_inputs)])
+        if len(self.input_names) != n_inputs:
+            raise DetlearnError(f"{len(self.input_names)} input names for {n_inputs} inputs")
+        self.target_name = target_name
+        if cfg.arch == "model4exp":
+            self.net = _layers(
+                n_inputs, list(MODEL4EXP_HIDDEN), True, "relu", _MODEL4EXP_BN_MOMENTUM
+            )
+        else:
+            self.net = _layers(n_inputs, cfg.hidden, cfg.batch_norm, cfg.activation, 0.1)
+        self.register_buffer("x_mean", torch.zeros(n_inputs))
+        self.register_buffer("x_std", torch.ones(n_inputs))
+        self.register_buffer("y_mean", torch.zeros(()))
+        self.register_buffer("y_std", torch.ones(()))
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serializable description; :meth:`from_spec` rebuilds the architecture."""
+        return {
+            "kind": "regressor",
+            "n_inputs": self.n_inputs,
+            "config": self.cfg.model_dump(mode="json"),
+            "input_names": self.input_names,
+            "target_name": self.target_name,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Regressor:
+        """Rebuild a regressor from :meth:`spec` (weights are loaded separately)."""
+        return cls(
+            spec["n_inputs"],
+            RegressorConfig.model_validate(spec["config"]),
+            spec["input_names"],
+            spec["target_name"],
+        )
+
+    def keras_parameter_count(self) -> int:
+        """Parameters as Keras counts them: weights plus BatchNorm moving mean and variance."""
+        trainable = sum(p.numel() for p in self.net.parameters())
+        moving = sum(
+            m.running_mean.numel() + m.running_var.numel()
+            for m in self.net.modules()
+            if isinstance(m, torch.nn.BatchNorm1d)
+        )
+        return trainable + moving
+
+    @torch.no_grad()
+    def fit_normalization(self, inputs: Tensor, target: Tensor) -> None:
+        """Set the input and target scaling from training rows (constant inputs keep σ = 1)."""
+        std = inputs.double().std(0)
+        self.x_mean.copy_(inputs.double().mean(0))
+        self.x_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+        y = target.double().reshape(-1)
+        self.y_mean.copy_(y.mean())
+        self.y_std.copy_(y.std() if y.std() > 0 else torch.ones(()))
+
+    def _check(self, inputs: Tensor) -> None:
+        if inputs.ndim != 2 or inputs.shape[1] != self.n_inputs:
+            raise DetlearnError(
+                f"regressor inputs: expected shape [N, {self.n_inputs}], got {list(inputs.shape)}"
+            )
+
+    def _standardized(self, inputs: Tensor) -> Tensor:
+        """The network's output in target standard deviations (before the target scaling)."""
+        self._check(inputs)
+        return self.net((inputs - self.x_mean) / self.x_std).squeeze(-1)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Prediction [N] in target units from inputs [N, F] in physical units."""
+        return self._standardized(inputs) * self.y_std + self.y_mean
+
+    def loss(self, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+        """Mean loss of ``(inputs, target[, weight])`` in target standard deviations².
+
+        ``relative`` is the mean squared relative error ((ŷ − y)/y)² instead.
+        """
+        inputs, target = batch[0], batch[1].reshape(-1)
+        weight = batch[2] if len(batch) > 2 else None
+        z = self._standardized(inputs)
+        if self.cfg.loss == "relative":
+            pred = z * self.y_std + self.y_mean
+            per_row = ((pred - target) / target.abs().clamp_min(_RELATIVE_FLOOR)) ** 2
+        else:
+            t = (target - self.y_mean) / self.y_std
+            per_row = (
+                torch.nn.functional.huber_loss(z, t, reduction="none", delta=self.cfg.huber_delta)
+                if self.cfg.loss == "huber"
+                else (z - t) ** 2
+            )
+        if weight is None:
+            return per_row.mean()
+        return (per_row * weight).sum() / weight.sum()
+
+    @torch.no_grad()
+    def folded(self) -> torch.nn.Sequential:
+        """The eval-mode function as plain Linear + activation layers (scalings folded in).
+
+        An affine map a ⊙ x + b (input scaling, eval BatchNorm) before ``Linear(W, c)`` becomes
+        ``Linear(W diag(a), W b + c)``; the target scaling multiplies the last layer. The
+        result takes physical inputs [N, F] and returns [N, 1] in target units.
+        """
+        scale = 1.0 / self.x_std.double()
+        shift = -self.x_mean.double() * scale
+        layers: list[torch.nn.Module] = []
+        for module in self.net:
+            if isinstance(module, torch.nn.BatchNorm1d):
+                a = module.weight.double() / torch.sqrt(module.running_var.double() + module.eps)
+                shift = (shift - module.running_mean.double()) * a + module.bias.double()
+                scale = scale * a
+            elif isinstance(module, torch.nn.Linear):
+                w = module.weight.double()
+                linear = torch.nn.Linear(module.in_features, module.out_features)
+                linear.weight.copy_(w * scale)
+                linear.bias.copy_(w @ shift + module.bias.double())
+                layers.append(linear)
+                scale = torch.ones(module.out_features, dtype=torch.float64)
+                shift = torch.zeros(module.out_features, dtype=torch.float64)
+            else:
+                layers.append(type(module)())
+        last = layers[-1]
+        assert isinstance(last, torch.nn.Linear)
+        last.weight.mul_(self.y_std)
+        last.bias.mul_(self.y_std).add_(self.y_mean)
+        return torch.nn.Sequential(*layers).eval()

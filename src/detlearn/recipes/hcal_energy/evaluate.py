@@ -1,0 +1,306 @@
+"""Validation of an HCAL channel-energy regressor against MAHI-lite and M0 (FACILE's definitions).
+
+On the test split (channels never seen in training), per (PU bin, pT bin) and for each method
+E ∈ {DNN, MAHI-lite (``energy``), M0 (``eraw``)}, as ``performance-models.py`` defines them:
+
+- ΔE = E − E_gen, trimmed to its 2–98 % quantiles; μ and σ are the trimmed mean and standard
+  deviation [GeV];
+- E_ref = the pT bin's centre [GeV] (the original's energy scale); response = 1 − μ/E_ref;
+  c = 1 − μ/E_ref, inverted when below 1 (so c ≥ 1); resolution = σ/E_ref · c ("response
+  corrected"; undefined, NaN, when the response is ≤ 0);
+- and the usual σ_eff of E/E_gen: half the width of the narrowest interval holding 68.3 %.
+
+Bins are half-open, [lo, hi). Each method's resolution carries its statistical error
+σ/E_ref · c / √(2n); the DNN beats MAHI-lite in a bin when its resolution is lower. The report
+lists every bin where it does not, and how large the difference is against that error.
+Figures: ``response_{i}.png`` and ``resolution_{i}.png`` per PU bin (vs pT), ``dE_{i}.png``
+(the trimmed ΔE histograms of every pT bin), ``timing.png`` (per-channel inference time vs
+batch size), the training loss.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detlearn.errors import DetlearnError
+
+__all__ = ["METHODS", "OPTIONS", "TARGETS", "bin_stats", "evaluate", "sigma_eff"]
+
+#: Default ``evaluation.options``: bin edges (PU: FACILE HEAD's plus a low-PU bin; pT [GeV]:
+#: FACILE's), the fewest channels for a bin to be scored, and the timing batch sizes.
+OPTIONS: dict[str, Any] = {
+    "pu_edges": [0, 30, 60, 80, 110],
+    "pt_edges": [1, 5, 10, 15, 20, 25, 30, 40, 60, 80, 100],
+    "min_rows": 100,
+    "timing_batches": [256, 1024, 4096, 16384, 65536],
+}
+#: method label -> dataset column (the DNN's prediction is added as column "DNN").
+METHODS = {"DNN": "DNN", "MAHI-lite": "energy", "M0": "eraw"}
+#: The recipe's quality target: the DNN's resolution is better than MAHI-lite's in most bins.
+TARGETS: dict[str, tuple[str, float]] = {"dnn_beats_mahi_fraction": (">", 0.5)}
+_TRIM = (0.02, 0.98)
+_COLORS = {"DNN": "#bd1f01", "MAHI-lite": "#3f90da", "M0": "#717581"}
+
+
+def sigma_eff(ratio: np.ndarray, coverage: float = 0.683) -> float:
+    """Half the width of the narrowest interval holding ``coverage`` of ``ratio`` (unitless)."""
+    x = np.sort(np.asarray(ratio, dtype=np.float64))
+    k = int(np.ceil(coverage * len(x)))
+    if k < 2:
+        return float("nan")
+    widths = x[k - 1 :] - x[: len(x) - k + 1]
+    return float(0.5 * widths.min())
+
+
+def bin_stats(e: np.ndarray, e_gen: np.ndarray, e_ref: float) -> dict[str, float]:
+    """FACILE's per-bin numbers of one method: trimmed μ, σ [GeV], response, resolution.
+
+    Args:
+        e: reconstructed energies [GeV] of the bin's channels.
+        e_gen: their generated energies [GeV].
+        e_ref: the bin's energy scale, the pT bin centre [GeV].
+    """
+    de = e - e_gen
+    lo, hi = np.quantile(de, _TRIM)
+    kept = de[(de >= lo) & (de <= hi)]
+    mu, sigma = float(kept.mean()), float(kept.std())
+    response = 1.0 - mu / e_ref
+    # c >= 1; a response <= 0 (mean off by more than E_ref) has no meaningful correction.
+    c = max(response, 1.0 / response) if response > 0 else float("nan")
+    resolution = sigma / e_ref * c
+    return {
+        "mu": mu,
+        "sigma": sigma,
+        "response": response,
+        "resolution": resolution,
+        "resolution_err": resolution / np.sqrt(2 * len(kept)),
+        "sigma_eff": sigma_eff(e / e_gen),
+    }
+
+
+def _table(
+    data: dict[str, np.ndarray], pu_edges: list[float], pt_edges: list[float], min_rows: int
+) -> list[dict[str, Any]]:
+    rows = []
+    for i, (pu_lo, pu_hi) in enumerate(itertools.pairwise(pu_edges)):
+        in_pu = (data["PU"] >= pu_lo) & (data["PU"] < pu_hi)
+        for pt_lo, pt_hi in itertools.pairwise(pt_edges):
+            sel = in_pu & (data["pt"] >= pt_lo) & (data["pt"] < pt_hi)
+            n = int(sel.sum())
+            if n < min_rows:
+                continue
+            row: dict[str, Any] = {
+                "pu_bin": i,
+                "PU": f"[{pu_lo:g}, {pu_hi:g})",
+                "pt_lo": pt_lo,
+                "pt_hi": pt_hi,
+                "n": n,
+            }
+            e_ref = 0.5 * (pt_lo + pt_hi)
+            for label, col in METHODS.items():
+                stats = bin_stats(data[col][sel], data["genE"][sel], e_ref)
+                row |= {f"{label}_{k}": v for k, v in stats.items()}
+            diff = row["DNN_resolution"] - row["MAHI-lite_resolution"]
+            err = np.hypot(row["DNN_resolution_err"], row["MAHI-lite_resolution_err"])
+            row["dnn_vs_mahi_rel"] = diff / row["MAHI-lite_resolution"]
+            row["dnn_vs_mahi_pull"] = diff / err
+            row["dnn_better"] = bool(diff < 0)
+            rows.append(row)
+    return rows
+
+
+def _plots(
+    rows: list[dict[str, Any]],
+    data: dict[str, np.ndarray],
+    pu_edges: list[float],
+    out: Path,
+) -> list[tuple[str, Path]]:
+    from matplotlib.figure import Figure
+
+    from detlearn.report import _label, _save, _styled
+
+    @_styled
+    def per_pu(i: int, key: str, ylabel: str) -> Path:
+        sel = [r for r in rows if r["pu_bin"] == i]
+        fig = Figure(figsize=(7, 5), layout="constrained")
+        ax = fig.add_subplot()
+        x = np.array([0.5 * (r["pt_lo"] + r["pt_hi"]) for r in sel])
+        xerr = np.array([0.5 * (r["pt_hi"] - r["pt_lo"]) for r in sel])
+        for label in METHODS:
+            y = [r[f"{label}_{key}"] for r in sel]
+            yerr = [r[f"{label}_resolution_err"] for r in sel] if key == "resolution" else None
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=_COLORS[label], label=label)
+        if key == "response":
+            ax.axhline(1.0, color="k", lw=1, ls=":")
+        ax.set_xlabel(r"$p_T$ [GeV]")
+        ax.set_ylabel(ylabel)
+        ax.legend(title=f"PU {sel[0]['PU']}", fontsize=11)
+        _label(ax)
+        return _save(fig, out / f"{key}_{i}.png")
+
+    @_styled
+    def histograms(i: int) -> Path:
+        sel = [r for r in rows if r["pu_bin"] == i]
+        ncols = 5
+        nrows = -(-len(sel) // ncols)
+        fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        pu_lo, pu_hi = pu_edges[i], pu_edges[i + 1]
+        for ax, r in zip(axes, sel, strict=False):
+            mask = (
+                (data["PU"] >= pu_lo)
+                & (data["PU"] < pu_hi)
+                & (data["pt"] >= r["pt_lo"])
+                & (data["pt"] < r["pt_hi"])
+            )
+            for label, col in METHODS.items():
+                de = data[col][mask] - data["genE"][mask]
+                lo, hi = np.quantile(de, _TRIM)
+                de = de[(de >= lo) & (de <= hi)]
+                ax.hist(de, bins=40, histtype="step", density=True, color=_COLORS[label],
+                        label=label)  # fmt: skip
+            ax.set_title(f"$p_T$ [{r['pt_lo']:g}, {r['pt_hi']:g}) GeV", fontsize=11)
+            ax.set_xlabel(r"$\Delta E$ [GeV]", fontsize=11)
+            ax.tick_params(labelsize=9)
+        for ax in axes[len(sel) :]:
+            ax.set_visible(False)
+        axes[0].legend(fontsize=9, title=f"PU {sel[0]['PU']}", title_fontsize=9)
+        return _save(fig, out / f"dE_{i}.png")
+
+    figures: list[tuple[str, Path]] = []
+    for i in sorted({r["pu_bin"] for r in rows}):
+        pu = rows[[r["pu_bin"] for r in rows].index(i)]["PU"]
+        figures += [
+            (f"response 1 − μ/E vs pT, PU {pu}", per_pu(i, "response", r"response $1-\mu/E$")),
+            (
+                f"response-corrected resolution σ/E·c vs pT, PU {pu}",
+                per_pu(i, "resolution", r"resolution $\sigma_E/E$"),
+            ),
+            (f"ΔE = E − E_gen per pT bin (2–98 % trimmed), PU {pu}", histograms(i)),
+        ]
+    return figures
+
+
+def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """Score the regressor in ``run_dir`` against MAHI-lite and M0; returns the report path.
+
+    The test split of the run's dataset must hold the observer columns ``PU``, ``pt``,
+    ``energy`` (MAHI-lite) and ``eraw`` (M0) beside the regressor's inputs and ``genE``.
+    ``seed`` is unused (the evaluation draws nothing); it keeps the recipe signature.
+    """
+    from detlearn.evaluation.latency import latency_per_row, plot_latency
+    from detlearn.io.dataset import Dataset
+    from detlearn.report import plot_loss, write_report
+    from detlearn.run import Regression
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    reg = Regression.load(run_dir, recipe="hcal-energy")
+    config: dict[str, Any] = reg.info["config"]
+    options = OPTIONS | config["evaluation"]["options"]
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise DetlearnError(
+            f"evaluation.options: unknown key '{unknown[0]}' (known: {', '.join(OPTIONS)})"
+        )
+    ds = Dataset.open(reg.info["dataset"])
+    needed = ["genE", "PU", "pt", "energy", "eraw"]
+    missing = [c for c in needed if c not in ds.columns]
+    if missing:
+        raise DetlearnError(
+            f"{ds.root}: the hcal-energy evaluation needs column '{missing[0]}' "
+            f"(needs {', '.join(needed)})"
+        )
+    data = ds.load([*reg.input_names, *needed], split="test")
+    n = min(len(data["genE"]), int(config["evaluation"]["max_rows"]))
+    if n == 0:
+        raise DetlearnError(f"{ds.root}: the test split is empty; prepare more channels")
+    data = {k: v[:n].astype(np.float64) for k, v in data.items()}
+    x = np.stack([data[k] for k in reg.input_names], 1).astype(np.float32)
+    data["DNN"] = reg.predict(x).astype(np.float64)
+
+    pu_edges = [float(v) for v in options["pu_edges"]]
+    pt_edges = [float(v) for v in options["pt_edges"]]
+    rows = _table(data, pu_edges, pt_edges, int(options["min_rows"]))
+    if not rows:
+        raise DetlearnError(
+            f"{ds.root}: no (PU, pT) bin has {options['min_rows']} test channels; "
+            "prepare more channels or lower evaluation.options.min_rows"
+        )
+    figures_dir = out_dir / "figures"
+    figures = _plots(rows, data, pu_edges, figures_dir)
+
+    model = reg.model
+
+    def torch_eager(batch: np.ndarray) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch))
+
+    timing = latency_per_row(torch_eager, x, options["timing_batches"], trials=5)
+    figures.append(
+        (
+            "per-channel inference time vs batch size (torch, this machine)",
+            plot_latency({"torch eager": timing}, figures_dir / "timing.png"),
+        )
+    )
+    history = run_dir / "regressor" / "history.csv"
+    if history.is_file():
+        figures.append(
+            ("training and validation loss", plot_loss(history, figures_dir / "loss.png"))
+        )
+
+    better = [r["dnn_better"] for r in rows]
+    not_better = [
+        {
+            "PU": r["PU"],
+            "pT [GeV]": f"[{r['pt_lo']:g}, {r['pt_hi']:g})",
+            "n": r["n"],
+            "DNN resolution": r["DNN_resolution"],
+            "MAHI-lite resolution": r["MAHI-lite_resolution"],
+            "DNN/MAHI − 1": r["dnn_vs_mahi_rel"],
+            "pull (σ)": r["dnn_vs_mahi_pull"],
+        }
+        for r in rows
+        if not r["dnn_better"]
+    ]
+    overall = {label: sigma_eff(data[col] / data["genE"]) for label, col in METHODS.items()}
+    metrics: dict[str, Any] = {
+        "dnn_beats_mahi_fraction": float(np.mean(better)),
+        "bins_scored": len(rows),
+        "bins_dnn_not_better": len(not_better),
+        "median_dnn_vs_mahi_rel": float(np.median([r["dnn_vs_mahi_rel"] for r in rows])),
+        **{f"sigma_eff_{label}": v for label, v in overall.items()},
+        "ns_per_channel_torch_16384": next(
+            (r["ns_per_row"] for r in timing if r["batch"] == 16384), float("nan")
+        ),
+        "test_channels": n,
+        "parameters_keras_count": model.keras_parameter_count(),
+    }
+    summary = [
+        {
+            "PU": r["PU"],
+            "pT [GeV]": f"[{r['pt_lo']:g}, {r['pt_hi']:g})",
+            "n": r["n"],
+            **{f"{m} resp.": r[f"{m}_response"] for m in METHODS},
+            **{f"{m} res.": r[f"{m}_resolution"] for m in METHODS},
+            "DNN/MAHI − 1": r["dnn_vs_mahi_rel"],
+        }
+        for r in rows
+    ]
+    return write_report(
+        out_dir,
+        "HCAL channel energy: DNN vs MAHI-lite and M0",
+        metrics,
+        tables=[
+            ("per (PU, pT) bin: response 1 − μ/E_ref and resolution σ/E_ref · c", summary),
+            ("bins where the DNN is not better than MAHI-lite", not_better),
+            ("per-channel latency, torch eager [ns]", timing),
+        ],
+        figures=figures,
+        targets=TARGETS,
+    )

@@ -1,0 +1,102 @@
+"""The dense regressor: FACILE's Model4Exp exactly, folding for deployment, losses, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detlearn.config import RegressorConfig
+from detlearn.errors import DetlearnError
+from detlearn.models import load_model, save_model
+from detlearn.models.regressors import Regressor
+
+
+def _trained_like(cfg: RegressorConfig, seed: int = 0) -> tuple[Regressor, torch.Tensor]:
+    """A regressor with fitted scaling and non-trivial BatchNorm statistics and affine terms."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4000, 36, generator=gen) * torch.linspace(1, 500, 36) + 100
+    y = x[:, :4].sum(1).abs() + 1
+    model = Regressor(36, cfg)
+    model.fit_normalization(x, y)
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(x[torch.randint(0, len(x), (512,), generator=gen)])
+        for m in model.net:
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 2.0, generator=gen)
+                m.bias.normal_(generator=gen)
+    return model.eval(), x
+
+
+def test_model4exp_has_facile_layers_and_2111_keras_parameters():
+    model = Regressor(36, RegressorConfig(arch="model4exp"))
+    kinds = [type(m).__name__ for m in model.net]
+    assert kinds == ["BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU",
+                     "BatchNorm1d", "Linear", "ReLU", "Linear"]  # fmt: skip
+    assert [m.out_features for m in model.net if isinstance(m, torch.nn.Linear)] == [36, 11, 3, 1]
+    assert model.keras_parameter_count() == 2111
+    # Keras momentum 0.6 weighs the old moving average by 0.6, i.e. PyTorch momentum 0.4.
+    assert all(m.momentum == pytest.approx(0.4) for m in model.net
+               if isinstance(m, torch.nn.BatchNorm1d))  # fmt: skip
+
+
+def test_mlp_follows_its_config():
+    model = Regressor(5, RegressorConfig(arch="mlp", hidden=[8, 4], batch_norm=False,
+                                         activation="tanh"))  # fmt: skip
+    assert [type(m).__name__ for m in model.net] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+
+
+@pytest.mark.parametrize("arch", ["model4exp", "mlp"])
+def test_folded_network_is_the_same_function(arch):
+    model, x = _trained_like(RegressorConfig(arch=arch))
+    folded = model.folded()
+    assert all(isinstance(m, (torch.nn.Linear, torch.nn.ReLU)) for m in folded)
+    with torch.no_grad():
+        want, got = model(x), folded(x).squeeze(-1)
+    scale = float(model.y_std)
+    assert torch.abs(got - want).max() / scale < 1e-4
+
+
+@torch.no_grad()
+def test_losses_vanish_at_the_truth_and_weights_select_rows():
+    model, x = _trained_like(RegressorConfig(loss="mse"))
+    with torch.no_grad():
+        y = model(x)
+    assert float(model.loss((x, y))) < 1e-10
+    for loss in ("huber", "relative"):
+        other = Regressor(36, RegressorConfig(loss=loss))
+        other.load_state_dict(model.state_dict())
+        assert float(other.eval().loss((x, y))) < 1e-10
+    # A weight of zero removes a row: the loss is the loss of the other rows.
+    off = y.clone()
+    off[:10] += 10 * model.y_std  # 10 rows, 10 sigma off: mean loss 100 * 10 / 4000
+    w = torch.ones(len(x))
+    w[:10] = 0
+    assert float(model.loss((x, off, w))) < 1e-10
+    assert float(model.loss((x, off))) > 0.1
+
+
+@torch.no_grad()
+def test_relative_loss_is_the_mean_squared_relative_error():
+    model, x = _trained_like(RegressorConfig(loss="relative"))
+    with torch.no_grad():
+        pred = model(x)
+    target = pred / 1.1
+    assert float(model.loss((x, target))) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_save_load_gives_the_same_predictions(tmp_path):
+    model, x = _trained_like(RegressorConfig())
+    save_model(model, tmp_path)
+    again = load_model(tmp_path)
+    assert isinstance(again, Regressor) and again.spec() == model.spec()
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(x).numpy(), model(x).numpy())
+
+
+def test_wrong_input_width_is_a_clear_error():
+    model = Regressor(36, RegressorConfig())
+    with pytest.raises(DetlearnError, match=r"expected shape \[N, 36\], got \[4, 35\]"):
+        model(torch.zeros(4, 35))
