@@ -184,28 +184,38 @@ class Regressor(torch.nn.Module):
 
     @torch.no_grad()
     def folded(self) -> torch.nn.Sequential:
-        """The eval-mode function as plain Linear + activation layers (scalings folded in).
+        """The eval-mode function as a centring, then plain Linear + activation layers.
 
-        An affine map a ⊙ x + b (input scaling, eval BatchNorm) before ``Linear(W, c)`` becomes
-        ``Linear(W diag(a), W b + c)``; the target scaling multiplies the last layer. The
-        result takes physical inputs [N, F] and returns [N, 1] in target units.
+        The input scaling and the eval BatchNorms are affine maps: with the inputs centred
+        first (x − c, the training means shifted by the first BatchNorm's running mean), every
+        affine map a ⊙ x + b before ``Linear(W, β)`` becomes ``Linear(W diag(a), W b + β)``,
+        and the target scaling multiplies the last layer. Centring before the first product
+        keeps float32 round-off at the level of the unfolded model (inputs such as pedestals
+        sit far from zero in units of their spread). Takes physical inputs [N, F], returns
+        [N, 1] in target units.
         """
+        center = self.x_mean.double()
         scale = 1.0 / self.x_std.double()
-        shift = -self.x_mean.double() * scale
-        layers: list[torch.nn.Module] = []
+        offset = torch.zeros_like(scale)  # the map so far: (x - center) * scale + offset
+        layers: list[torch.nn.Module] = [_Center(center.float())]
         for module in self.net:
             if isinstance(module, torch.nn.BatchNorm1d):
                 a = module.weight.double() / torch.sqrt(module.running_var.double() + module.eps)
-                shift = (shift - module.running_mean.double()) * a + module.bias.double()
+                if len(layers) == 1:  # move the first running mean into the centring
+                    center = center + module.running_mean.double() / scale
+                    layers[0] = _Center(center.float())
+                else:
+                    offset = offset - module.running_mean.double()
+                offset = offset * a + module.bias.double()
                 scale = scale * a
             elif isinstance(module, torch.nn.Linear):
                 w = module.weight.double()
                 linear = torch.nn.Linear(module.in_features, module.out_features)
                 linear.weight.copy_(w * scale)
-                linear.bias.copy_(w @ shift + module.bias.double())
+                linear.bias.copy_(w @ offset + module.bias.double())
                 layers.append(linear)
                 scale = torch.ones(module.out_features, dtype=torch.float64)
-                shift = torch.zeros(module.out_features, dtype=torch.float64)
+                offset = torch.zeros(module.out_features, dtype=torch.float64)
             else:
                 layers.append(type(module)())
         last = layers[-1]
@@ -213,3 +223,14 @@ class Regressor(torch.nn.Module):
         last.weight.mul_(self.y_std)
         last.bias.mul_(self.y_std).add_(self.y_mean)
         return torch.nn.Sequential(*layers).eval()
+
+
+class _Center(torch.nn.Module):
+    """x − c, per input column."""
+
+    def __init__(self, center: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("center", center)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - self.center
