@@ -28,7 +28,11 @@ def trained(tmp_path_factory):
     write_tree(
         tmp / "toy.root",
         "Events",
-        {"c": c, "t": rng.lognormal(np.log1p(c), 0.3), "n": rng.poisson(5 + 5 * c).astype(np.int64)},
+        {
+            "c": c,
+            "t": rng.lognormal(np.log1p(c), 0.3),
+            "n": rng.poisson(5 + 5 * c).astype(np.int64),
+        },
     )
     cfg = validate_config(
         {
@@ -42,8 +46,12 @@ def trained(tmp_path_factory):
                 },
             },
             "executor": {"workers": 1},
-            "model": {"count": "negbinom", "count_column": "n", "count_hidden": [16],
-                      "flow": {"transforms": 2, "hidden": [32, 32], "bins": 8}},
+            "model": {
+                "count": "negbinom",
+                "count_column": "n",
+                "count_hidden": [16],
+                "flow": {"transforms": 2, "hidden": [32, 32], "bins": 8},
+            },
             "training": {"batch_size": 512, "max_epochs": 8, "lr": 5e-3},
         }
     )
@@ -102,7 +110,9 @@ def test_wrong_recipe_and_incompatible_version(trained, tmp_path):
     with pytest.raises(DetlearnError, match="not a detlearn run directory"):
         Surrogate.load(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"format": 99, "detlearn_version": "9.0"}))
-    with pytest.raises(DetlearnError, match=r"run format 99 written by detlearn 9\.0 is not readable"):
+    with pytest.raises(
+        DetlearnError, match=r"run format 99 written by detlearn 9\.0 is not readable"
+    ):
         Surrogate.load(tmp_path)
 
 
@@ -115,7 +125,10 @@ def test_export_matches_onnxruntime(trained, tmp_path):
 
 def test_cli_sample_writes_parquet(trained, tmp_path, runner):
     out = tmp_path / "s.parquet"
-    result = runner.invoke(app, ["sample", str(trained / "run"), "-c", "c=0.2", "-c", "c=0.7", "-n", "500", "-o", str(out)])
+    result = runner.invoke(
+        app,
+        ["sample", str(trained / "run"), "-c", "c=0.2", "-c", "c=0.7", "-n", "500", "-o", str(out)],
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out).to_pydict()
     assert len(table["t"]) == 1000 and set(table["c"]) == {0.2, 0.7}
@@ -124,3 +137,44 @@ def test_cli_sample_writes_parquet(trained, tmp_path, runner):
 def test_cli_sample_bad_context(trained, runner):
     result = runner.invoke(app, ["sample", str(trained / "run"), "-c", "x=0.2"])
     assert result.exit_code == 2 and "missing column 'c'" in result.output
+
+
+def test_regressor_trains_from_a_flat_ntuple_config_only(tmp_path):
+    """No recipe: a branch list (role context), a target, model.family regressor."""
+    from detlearn.run import Regression
+
+    rng = np.random.default_rng(3)
+    n = 8000
+    a, b = rng.uniform(1, 5, (2, n))
+    write_tree(tmp_path / "flat.root", "Events",
+               {"a": a, "b": b, "y": a * b + rng.normal(0, 0.05, n)})  # fmt: skip
+    cfg = validate_config(
+        {
+            "recipe": None,
+            "data": {
+                "inputs": [str(tmp_path / "flat.root")],
+                "columns": {
+                    "a": {"role": "context"},
+                    "b": {"role": "context"},
+                    "y": {"role": "target", "unit": "GeV"},
+                },
+            },
+            "executor": {"workers": 1},
+            "model": {
+                "family": "regressor",
+                "regressor": {"arch": "mlp", "hidden": [32, 32], "loss": "huber"},
+            },
+            "training": {"batch_size": 256, "max_epochs": 15, "lr": 1e-2},
+        }
+    )
+    prepare(cfg, tmp_path / "ds", progress=False)
+    train(cfg, tmp_path / "ds", tmp_path / "run", progress=False)
+    reg = Regression.load(tmp_path / "run")
+    assert reg.input_names == ["a", "b"] and reg.target_name == "y"
+    grid = {"a": np.array([1.5, 2.5, 4.0]), "b": np.array([4.0, 2.0, 1.5])}
+    # y = a b ranges over 1..25; a small MLP gets within a few % of it.
+    np.testing.assert_allclose(reg.predict(grid), grid["a"] * grid["b"], rtol=0.08)
+    with pytest.raises(DetlearnError, match="missing column 'b'"):
+        reg.predict({"a": grid["a"]})
+    sidecar = export_run(tmp_path / "run")
+    assert sidecar["model"] == "regressor.onnx" and sidecar["parity_max_scaled"] <= 1
