@@ -86,7 +86,7 @@ def lr_factor(step: int, total: int, schedule: str = "cosine") -> float:
 
 
 class DensityModule(L.LightningModule):
-    """Trains ``model`` by minimizing ``model.loss(batch)`` (a mean NLL in nats).
+    """Trains ``model`` by minimizing ``model.loss(batch)`` (mean NLL [nats] or regression loss).
 
     Logs per epoch ``train_loss``, ``val_loss``, ``lr`` and ``elapsed`` (seconds of training,
     counted across resumes).
