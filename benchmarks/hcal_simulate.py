@@ -2,7 +2,7 @@
 
 Times, back to back in this process (best of ``--repeat``; wall clock, and the process's CPU time,
 which tells what a shared, oversubscribed machine hides: threads scale when CPU time per channel
-stays flat):
+stays flat; the load average is printed beside the figures):
   1. ``generate_channels`` in memory (channel map, energy, photostatistics, pulse, pileup,
      pedestals, QIE digitization, noise terms) with 1 thread and with ``--threads`` threads;
   2. ``mahi_lite`` (2 passes of the exact batched NNLS) and ``m0`` on those channels;
@@ -14,6 +14,7 @@ Run: .venv/bin/python benchmarks/hcal_simulate.py [--channels 1000000] [--thread
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,11 @@ def best_of(fn, repeat: int) -> tuple[float, float, object]:
     return wall, cpu, out
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: how many cores other processes were taking."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=1_000_000)
@@ -52,7 +58,7 @@ def main() -> None:
     cfg = HcalSimConfig()
     n = args.channels
 
-    print(f"generate_channels: {n:,} channels")
+    print(f"generate_channels: {n:,} channels; load average {_load()}")
     for threads in sorted({1, args.threads}):
         seconds, cpu, ch = best_of(
             lambda t=threads: generate_channels(n, cfg, np.random.default_rng(0), t), args.repeat
@@ -60,7 +66,8 @@ def main() -> None:
         rate = n / seconds
         print(
             f"  {threads} thread(s): {seconds:.2f} s = {rate / 1e6:.2f} M channels/s "
-            f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} ns/channel"
+            f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} ns/channel; "
+            f"load {_load()}"
         )
 
     print("mahi_lite (2 passes, chiSqSwitch 10):")

@@ -178,3 +178,33 @@ def test_regressor_trains_from_a_flat_ntuple_config_only(tmp_path):
         reg.predict({"a": grid["a"]})
     sidecar = export_run(tmp_path / "run")
     assert sidecar["model"] == "regressor.onnx" and sidecar["parity_max_scaled"] <= 1
+
+
+def test_training_is_reproducible_within_one_process(tmp_path):
+    """Initial weights come from training.seed, not from torch's global generator state."""
+    import torch
+
+    from detlearn.run import Regression
+
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0, 1, 2000)
+    write_tree(tmp_path / "f.root", "Events", {"a": a, "y": 2 * a + 1})
+    cfg = validate_config(
+        {
+            "recipe": None,
+            "data": {
+                "inputs": [str(tmp_path / "f.root")],
+                "columns": {"a": {"role": "context"}, "y": {"role": "target"}},
+            },
+            "executor": {"workers": 1},
+            "model": {"family": "regressor", "regressor": {"arch": "mlp", "hidden": [8]}},
+            "training": {"batch_size": 256, "max_epochs": 1},
+        }
+    )
+    prepare(cfg, tmp_path / "ds", progress=False)
+    predictions = []
+    for i in range(2):
+        torch.rand(100 + i)  # a different global generator state before each training
+        train(cfg, tmp_path / "ds", tmp_path / f"run{i}", progress=False)
+        predictions.append(Regression.load(tmp_path / f"run{i}").predict({"a": a}))
+    np.testing.assert_array_equal(predictions[0], predictions[1])

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ RUN_FORMAT = 1
 
 class ContextRangeWarning(UserWarning):
     """Contexts outside the range seen in training (the model extrapolates there)."""
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch's global generator seeded for the block (a model's initial weights), then restored.
+
+    The weights are drawn before Lightning seeds the training, so without this they would
+    depend on whatever used the generator before, and two trainings in one process differ.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _first_rows_per_group(groups: np.ndarray) -> np.ndarray:
@@ -189,15 +202,16 @@ def train(
     tensors = {name: _flow_tensors(part, context, target, weight) for name, part in splits.items()}
     lower = [ds.columns[t]["lower"] for t in target]
     upper = [ds.columns[t]["upper"] for t in target]
-    flow = ConditionalFlow(
-        len(target),
-        len(context),
-        cfg.model.flow,
-        lower,
-        upper,
-        names=target,
-        context_names=context,
-    )
+    with _seeded(cfg.training.seed):
+        flow = ConditionalFlow(
+            len(target),
+            len(context),
+            cfg.model.flow,
+            lower,
+            upper,
+            names=target,
+            context_names=context,
+        )
     fit(
         flow,
         tensors["train"],
@@ -216,7 +230,8 @@ def train(
             n = torch.as_tensor(part[count_col][first], dtype=torch.float32)
             c = torch.as_tensor(np.stack([part[k][first] for k in context], 1), dtype=torch.float32)
             counts[name] = (n, c)
-        count = CountModel(len(context), cfg.model.count_hidden, context_names=context)
+        with _seeded(cfg.training.seed + 1):
+            count = CountModel(len(context), cfg.model.count_hidden, context_names=context)
         # One row per group is far fewer rows than the flow sees: keep >= 20 steps per epoch.
         batch = min(cfg.training.batch_size, max(64, len(counts["train"][0]) // 20))
         fit(
@@ -268,7 +283,8 @@ def _train_regressor(
             batch["weight"] = part[weight[0]]
         tensors[name] = batch
     out.mkdir(parents=True, exist_ok=True)
-    model = Regressor(len(inputs), cfg.model.regressor, inputs, target[0])
+    with _seeded(cfg.training.seed):
+        model = Regressor(len(inputs), cfg.model.regressor, inputs, target[0])
     fit(model, tensors["train"], tensors["val"], cfg.training, out / "regressor", resume, progress)
     unit = ds.columns[target[0]]["unit"]
     info = _run_info(

@@ -119,6 +119,21 @@ def test_time_slew_delays_small_pulses_only():
     assert late[4] > pulse_fractions(0.0, cfg)[4]
 
 
+def test_float32_pulse_and_slew_agree_with_float64():
+    # The simulator evaluates both in float32.
+    cfg = HcalSimConfig()
+    charge = np.geomspace(0.5, 4e5, 3000)
+    slew = time_slew(charge.astype(np.float32), cfg)
+    assert slew.dtype == np.float32
+    np.testing.assert_allclose(slew, time_slew(charge, cfg), atol=1e-5)
+    shift = np.linspace(-10.0, 110.0, 3000).reshape(30, 100)
+    fractions = pulse_fractions(shift.astype(np.float32), cfg)
+    assert fractions.dtype == np.float32 and fractions.shape == (30, 100, 8)
+    np.testing.assert_allclose(fractions, pulse_fractions(shift, cfg), atol=1e-6)
+    whole = pulse_fractions(shift, cfg, first=-2, last=60).sum(axis=-1)
+    np.testing.assert_allclose(whole, 1.0, atol=1e-9)
+
+
 def test_root_files_have_facile_branches_and_fixed_size_samples(tmp_path):
     files = simulate(tmp_path, 2500, seed=3, options={"channels_per_file": 1000, "threads": 1})
     assert [f.name for f in files] == ["hcal_0000.root", "hcal_0001.root", "hcal_0002.root"]

@@ -51,7 +51,9 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,6 +117,8 @@ BRANCHES: dict[str, tuple[str, tuple[int, ...]]] = {
     "eraw": ("f4", ()),
 }
 _LAST_IETA = 29
+# cosh η at the centre of the tower of |ieta| = 1..29 (index |ieta| − 1): pt = genE / cosh η.
+_COSH_ETA = np.cosh(0.5 * (ETA_EDGES[:-1] + ETA_EDGES[1:])).astype(np.float32)
 _FIRST_ODD_IPHI_IETA = 21
 _HE_AGING_START = 16
 _CAPACITORS = 4
@@ -226,8 +230,10 @@ class HcalSimConfig(_Strict):
 class HcalChannels:
     """Generated channels: the branches of the ntuple and the truth behind them.
 
+    Integers are int32, reals float32 except ``signal_charge`` (float64).
+
     Attributes:
-        ieta, iphi, depth: channel coordinates (int32).
+        ieta, iphi, depth: channel coordinates.
         pu: ``(n,)`` number of pileup interactions (``PU``).
         gen_energy: ``(n,)`` in-time signal energy [GeV] (``genE``).
         pt: ``(n,)`` genE / cosh(η of the tower) [GeV].
@@ -290,12 +296,15 @@ def tower_eta(ieta: np.ndarray) -> np.ndarray:
 def time_slew(charge: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
     """Delay of a pulse of total ``charge`` [fC]: clip(a + b ln(max(Q, 1 fC)), 0, t_max) [ns].
 
+    Float32 for float32 charges, else float64.
+
     Example:
         >>> time_slew(np.array([1.0, 1600.0, 1e5]), HcalSimConfig()).round(2).tolist()
         [12.0, 0.54, 0.0]
     """
-    q = np.maximum(np.asarray(charge, dtype=np.float64), 1.0)
-    return np.clip(cfg.slew_intercept + cfg.slew_slope * np.log(q), 0.0, cfg.slew_max)
+    q = np.asarray(charge)
+    log_q = np.log(np.maximum(q, 1.0, dtype=np.result_type(q.dtype, np.float32)))
+    return np.clip(cfg.slew_intercept + cfg.slew_slope * log_q, 0.0, cfg.slew_max)
 
 
 def pulse_shape(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
@@ -312,21 +321,34 @@ def pulse_shape(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
         >>> pulse_shape(np.array([0.0, 30.0]), HcalSimConfig()).round(3).tolist()
         [1.0, 0.368]
     """
-    x = np.maximum(np.asarray(u) - cfg.pulse_start, 0.0)
+    u = np.asarray(u)
+    return _shape_in_place(u.astype(np.result_type(u.dtype, np.float32)), cfg)
+
+
+def _shape_in_place(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
+    """:func:`pulse_shape` overwriting the float array ``u`` with S(u); returns it.
+
+    In place: this runs on every signal pulse, and fresh temporaries cost as much as the math.
+    (``out=`` keeps 0-d arrays arrays.)
+    """
     f = cfg.pulse_tail_fraction
-    # In place: this runs on every signal pulse, and fresh temporaries cost as much as the math.
-    survival = np.exp(x * (-1.0 / cfg.pulse_tail_tau))
-    survival *= f
+    x = u
+    x -= cfg.pulse_start
+    np.maximum(x, 0.0, out=x)
+    tail = np.multiply(x, -1.0 / cfg.pulse_tail_tau, out=np.empty_like(x))
+    np.exp(tail, out=tail)
+    tail *= f
     w = x
     w *= 1.0 / cfg.pulse_rise
-    main = np.exp(-w)
-    main *= 1.0 - f
-    poly = 0.5 * w
+    poly = np.multiply(w, 0.5, out=np.empty_like(w))
     poly += 1.0
     poly *= w
     poly += 1.0
-    poly *= main
-    survival += poly
+    survival = np.negative(w, out=w)
+    np.exp(survival, out=survival)
+    survival *= 1.0 - f
+    survival *= poly
+    survival += tail
     return survival
 
 
@@ -348,6 +370,39 @@ def pulse_density(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
     return np.where(x >= 0, main + tail, 0.0).astype(main.dtype, copy=False)
 
 
+def _survival_by_edge(
+    shift: np.ndarray | float, cfg: HcalSimConfig, first: int, last: int
+) -> np.ndarray:
+    """:func:`pulse_survival` edge-major: ``(last − first + 1, *shape(shift))``.
+
+    Edge-major so that every step runs over contiguous rows of pulses: broadcasting a per-pulse
+    value over a short trailing axis, numpy runs one small inner loop per pulse, several times
+    slower.
+    """
+    shift = np.asarray(shift)
+    dtype = np.result_type(shift.dtype, np.float32)
+    shift = shift.astype(dtype, copy=False)
+    edges = (cfg.phase + TS_NS * (np.arange(first, last + 1) - SOI)).astype(dtype)
+    # Edges before the onset of every pulse (S = 1) are skipped: for a signal pulse that is a
+    # third of them.
+    earliest = shift.min(initial=np.inf)
+    skip = int(np.searchsorted(edges - earliest, cfg.pulse_start, side="right"))
+    survival = np.empty((len(edges), *shift.shape), dtype=dtype)
+    survival[:skip] = 1.0
+    rest = survival[skip:]
+    np.subtract(edges[skip:].reshape(-1, *[1] * shift.ndim), shift, out=rest)
+    _shape_in_place(rest, cfg)
+    return survival
+
+
+def _fractions_by_ts(
+    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
+) -> np.ndarray:
+    """:func:`pulse_fractions` TS-major: ``(last − first, *shape(shift))``, contiguous."""
+    survival = _survival_by_edge(shift, cfg, first, last)
+    return survival[:-1] - survival[1:]
+
+
 def pulse_survival(
     shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
 ) -> np.ndarray:
@@ -359,18 +414,7 @@ def pulse_survival(
     Returns:
         ``(*shape(shift), last − first + 1)``, float32 for a float32 ``shift``, else float64.
     """
-    shift = np.asarray(shift)
-    dtype = np.result_type(shift.dtype, np.float32)
-    shift = shift.astype(dtype, copy=False)
-    edges = (cfg.phase + TS_NS * (np.arange(first, last + 1) - SOI)).astype(dtype)
-    # Edges before the onset of every pulse (S = 1) are skipped: for a signal pulse that is a
-    # third of them.
-    earliest = shift.min(initial=np.inf)
-    skip = int(np.searchsorted(edges - earliest, cfg.pulse_start, side="right"))
-    survival = np.empty((*shift.shape, len(edges)), dtype=dtype)
-    survival[..., :skip] = 1.0
-    survival[..., skip:] = pulse_shape(edges[skip:] - shift[..., None], cfg)
-    return survival
+    return np.moveaxis(_survival_by_edge(shift, cfg, first, last), 0, -1)
 
 
 def pulse_fractions(
@@ -390,8 +434,7 @@ def pulse_fractions(
         >>> pulse_fractions(0.0, HcalSimConfig()).round(3).tolist()
         [0.0, 0.0, 0.002, 0.733, 0.172, 0.045, 0.023, 0.012]
     """
-    survival = pulse_survival(shift, cfg, first, last)
-    return survival[..., :-1] - survival[..., 1:]
+    return np.moveaxis(_fractions_by_ts(shift, cfg, first, last), 0, -1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -428,78 +471,128 @@ def qie_quantize(charge: np.ndarray, cfg: HcalSimConfig) -> tuple[np.ndarray, np
     return np.take(centre, adc), np.take(noise, adc)
 
 
+def _pileup_energy(
+    pu: np.ndarray, occupancy: np.ndarray, cfg: HcalSimConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Pileup energy of every channel and BX ``pu_bx_min..pu_bx_max`` [GeV], ``(n, n_bx)`` float32.
+
+    N_k ~ Poisson(PU p_occ) independently per BX is the same as a Poisson total spread
+    uniformly over the BXs; drawing it that way, deposit by deposit, is several times faster
+    than numpy's Poisson and gamma samplers per (channel, BX).
+    """
+    n, n_bx = len(pu), cfg.pu_bx_max - cfg.pu_bx_min + 1
+    total = rng.poisson(n_bx * pu * occupancy)
+    cell = np.repeat(np.arange(0, n * n_bx, n_bx), total)
+    cell += rng.integers(0, n_bx, len(cell), dtype=np.uint8)
+    deposit = rng.standard_exponential(len(cell))  # float64, as bincount wants
+    energy = np.bincount(cell, deposit, minlength=n * n_bx).reshape(n, n_bx)
+    return np.multiply(energy, cfg.pu_energy_mean, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _pileup_fractions(cfg: HcalSimConfig) -> np.ndarray:
+    """Charge fractions per TS of a pileup pulse of each BX: ``(n_bx, 8)`` float32, read-only."""
+    shift = TS_NS * np.arange(cfg.pu_bx_min, cfg.pu_bx_max + 1, dtype=np.float32)
+    fractions = pulse_fractions(shift, cfg)
+    fractions.flags.writeable = False
+    return fractions
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a tall ``a``, in row chunks small enough for BLAS to stay on this thread.
+
+    OpenBLAS runs a GEMM on all cores above m·n·k = 2¹⁸, and its idle workers then spin for a
+    while, burning the cores that the generator's own threads need: one such call per block
+    more than doubled the CPU time per channel.
+    """
+    rows = max(1, (1 << 17) // (a.shape[1] * b.shape[1]))
+    out = np.empty((len(a), b.shape[1]), dtype=np.result_type(a, b))
+    for i in range(0, len(a), rows):
+        np.matmul(a[i : i + rows], b, out=out[i : i + rows])
+    return out
+
+
 def _channels(n: int, cfg: HcalSimConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One block of ``n`` channels (steps 1-8 of the module docstring).
 
-    Per-channel quantities are float64; the (n, 8) samples are float32, the precision they are
-    stored in, which halves the memory traffic of the heaviest steps.
+    Float32 throughout, the precision of the branches (random numbers included: numpy draws
+    them faster, and float32 transcendentals are vectorized), except the photostatistics
+    (float64 ``signal_charge``). The (n, 8) samples are worked on in place: fresh temporaries
+    cost as much as the arithmetic. Random numbers are ~60% of the time: 17 normals, 3 Poisson
+    draws and ~15 pileup deposits (an exponential and a BX each) per channel.
     """
     f4 = np.float32
-    u = rng.random((5, n))
-    code = rng.integers(0, 2 * _LAST_IETA, n)
+    u = rng.random((5, n), dtype=f4)
+    code = rng.integers(0, 2 * _LAST_IETA, n, dtype=np.int32)
     aieta = code // 2 + 1
-    ieta = np.where(code % 2 == 0, aieta, -aieta).astype(np.int32)
+    ieta = np.where(code % 2 == 0, aieta, -aieta)
     depth = (1 + u[0] * MAX_DEPTH[aieta]).astype(np.int32)
     odd = aieta >= _FIRST_ODD_IPHI_IETA
     iphi = np.where(odd, 1 + 2 * (u[1] * 36).astype(np.int32), 1 + (u[1] * 72).astype(np.int32))
 
-    log_lo, log_hi = np.log(cfg.energy_min), np.log(cfg.energy_max)
+    # 1 − u is exact in float32 and, unlike log1p, log has a vectorized float32 loop.
+    log_lo, log_hi = math.log(cfg.energy_min), math.log(cfg.energy_max)
     energy = np.where(
         u[2] < cfg.soft_fraction,
-        -cfg.soft_mean * np.log1p(-u[3]),
+        -cfg.soft_mean * np.log(1 - u[3]),
         np.exp(log_lo + (log_hi - log_lo) * u[3]),
     )
 
-    z = rng.standard_normal((5, n))
+    z = rng.standard_normal((5, n), f4)
     aging = 1.0 - cfg.aging_max * np.clip(
-        (aieta - _HE_AGING_START) / (_LAST_IETA - _HE_AGING_START), 0, 1
+        (aieta - _HE_AGING_START) * (1 / (_LAST_IETA - _HE_AGING_START)), 0, 1
     )
-    light = cfg.pe_per_gev * aging * np.exp(cfg.light_spread * z[0])
+    light = (cfg.pe_per_gev * aging).astype(f4) * np.exp(cfg.light_spread * z[0])
     sipm_gain = cfg.fc_per_pe * np.exp(cfg.sipm_gain_spread * z[1])
-    true_gain = 1.0 / (light * sipm_gain)
+    charge_per_gev = light * sipm_gain
+    true_gain = 1 / charge_per_gev
     gain = true_gain * np.exp(cfg.calibration_error * z[2])
 
     lam = cfg.crosstalk
     primary = rng.poisson(energy * light * (1.0 - lam)).astype(np.float64)
     recorded = primary / (1 - lam) + np.sqrt(primary * lam / (1 - lam) ** 3) * z[3]
     signal = np.maximum(recorded, primary) * sipm_gain
-    shift = time_slew(signal, cfg) + cfg.jitter * z[4]
-    charge = signal.astype(f4)[:, None] * pulse_fractions(shift.astype(f4), cfg)
+    signal_f4 = signal.astype(f4)
+    shift = time_slew(signal_f4, cfg)
+    shift += cfg.jitter * z[4]
 
     mu = cfg.pu_mean_min + (cfg.pu_mean_max - cfg.pu_mean_min) * u[4]
     pu = rng.poisson(mu)
     occupancy = cfg.pu_occupancy * (1 + cfg.pu_occupancy_ieta * aieta)
-    occupancy = occupancy * np.where(depth == 1, cfg.pu_depth1_factor, 1.0)
-    bx = np.arange(cfg.pu_bx_min, cfg.pu_bx_max + 1)
-    # N_k ~ Poisson(PU p_occ) independently per BX is the same as a Poisson total spread
-    # uniformly over the BXs; drawing it that way, deposit by deposit, is several times faster
-    # than numpy's Poisson and gamma samplers per (channel, BX).
-    total = rng.poisson(len(bx) * pu * occupancy)
-    cell = np.repeat(np.arange(n) * len(bx), total) + rng.integers(0, len(bx), total.sum())
-    deposit = rng.standard_exponential(len(cell))
-    pileup = cfg.pu_energy_mean * np.bincount(cell, deposit, minlength=n * len(bx))
-    pileup = pileup.reshape(n, len(bx))
-    pileup_charge = (pileup / true_gain[:, None]).astype(f4)
-    charge += pileup_charge @ pulse_fractions((TS_NS * bx).astype(f4), cfg)
+    occupancy *= np.where(depth == 1, cfg.pu_depth1_factor, 1.0)
+    pileup = _pileup_energy(pu, occupancy, cfg, rng)
+    # Charge per TS: the pulses of the signal and of the pileup deposits in GeV, × Y G fC/GeV;
+    # one TS at a time, as per-channel factors broadcast fast only over contiguous rows.
+    charge = _matmul(pileup, _pileup_fractions(cfg))
+    signal_energy = signal_f4 / charge_per_gev
+    for ts, in_ts in enumerate(_fractions_by_ts(shift, cfg)):
+        in_ts *= signal_energy
+        in_ts += charge[:, ts]
+        np.multiply(in_ts, charge_per_gev, out=charge[:, ts])
 
     # Capacitor c serves TS c and c + 4. Real readouts start the rotation at any capacitor, but
     # for independent capacitor pedestals that only relabels them: the same distribution.
-    capacitor = cfg.pedestal + cfg.pedestal_spread * rng.standard_normal((n, _CAPACITORS), f4)
-    ped = np.concatenate([capacitor] * (SAMPLES // _CAPACITORS), axis=1)
+    capacitor = rng.standard_normal((n, _CAPACITORS), f4)
+    capacitor *= cfg.pedestal_spread
+    capacitor += cfg.pedestal
+    ped = np.tile(capacitor, SAMPLES // _CAPACITORS)
     noise = rng.standard_normal((n, SAMPLES), f4)
-    charge += ped + cfg.pedestal_width * noise
+    noise *= cfg.pedestal_width
+    charge += noise
+    charge += ped
     raw, noise_adc = qie_quantize(charge, cfg)
-    above = raw - ped
-    noise_photo = np.sqrt(np.maximum(above, 0) * f4(cfg.fc_per_pe))
-    noise_photo[above <= cfg.pedestal_width] = 0.0
+    noise_photo = raw - ped
+    noise_photo *= noise_photo > cfg.pedestal_width
+    noise_photo *= cfg.fc_per_pe
+    np.sqrt(noise_photo, out=noise_photo)
     return {
         "ieta": ieta,
-        "iphi": iphi.astype(np.int32),
+        "iphi": iphi,
         "depth": depth,
         "pu": pu.astype(np.int32),
-        "gen_energy": energy.astype(f4),
-        "pt": (energy / np.cosh(tower_eta(aieta))).astype(f4),
-        "gain": gain.astype(f4),
+        "gen_energy": energy,
+        "pt": energy / _COSH_ETA[aieta - 1],
+        "gain": gain,
         "raw": raw,
         "ped": ped,
         "noise_adc": noise_adc,
@@ -517,19 +610,29 @@ def _in_blocks(
     threads: int,
     rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
-    """``work(rows[, child_rng])`` over fixed blocks of rows, concatenated over blocks.
+    """``work(rows[, child_rng])`` over fixed blocks of rows, joined over blocks.
 
     With ``rng``, each block gets its own spawned generator; blocks and generators depend only
-    on ``n`` and ``rng``, so the result is the same for any number of threads. numpy releases
-    the GIL in its heavy loops, so threads run in parallel.
+    on ``n`` and ``rng``, so the result is the same for any number of threads.
+    numpy releases the GIL in its heavy loops, so threads run in parallel. Each block is copied
+    into the output as soon as it is done, while it is still in cache.
     """
     slices = [slice(i, min(i + _BLOCK, n)) for i in range(0, n, _BLOCK)] or [slice(0, 0)]
     args: list[list[Any]] = [slices] + ([rng.spawn(len(slices))] if rng is not None else [])
+    out: dict[str, np.ndarray] = {}
+    lock = threading.Lock()
+
+    def run(rows: slice, *child: np.random.Generator) -> None:
+        part = work(rows, *child)
+        with lock:  # the first block done allocates the output
+            if not out:
+                out.update({k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in part.items()})
+        for key, value in part.items():
+            out[key][rows] = value
+
     with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(work, *args))
-        keys = list(parts[0])
-        joined = pool.map(lambda key: np.concatenate([part[key] for part in parts]), keys)
-        return dict(zip(keys, joined, strict=True))
+        list(pool.map(run, *args))
+    return out
 
 
 def generate_channels(
