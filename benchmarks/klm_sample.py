@@ -13,6 +13,7 @@ Run: .venv/bin/python benchmarks/klm_sample.py [--contexts 20000] [--per-context
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -56,9 +57,10 @@ def main() -> None:
         rep = ctx.repeat_interleave(args.per_context, 0)
         noise = torch.randn(n, 1)
         t_rep = best_of(lambda: flow.sample_from_noise(noise, rep), repeat=1)
+    # Other jobs on the same cores slow every step: the load average says how shared they were.
     print(
         f"torch threads: {torch.get_num_threads()}, flow: {flow_cfg.kind} x{flow_cfg.transforms}, "
-        f"bins {flow_cfg.bins}, hidden {flow_cfg.hidden}"
+        f"bins {flow_cfg.bins}, hidden {flow_cfg.hidden}, load average {os.getloadavg()[0]:.1f}"
     )
     print(
         f"conditioner once per context : {n / t_once / 1e6:6.2f} M photons/s "

@@ -297,11 +297,11 @@ def export_run(
             }
         },
         "normalization": {
-            "target_mean": flow.x_mean.tolist(),
-            "target_std": flow.x_std.tolist(),
+            "target_center": flow.x_mean.tolist(),
+            "target_scale": flow.x_std.tolist(),
             "context_mean": flow.c_mean.tolist(),
             "context_std": flow.c_std.tolist(),
-            "note": "applied inside the graph, after the support map of each target",
+            "note": "applied inside the graph: u = (support(x) - target_center) / target_scale",
         },
         **parity,
     }

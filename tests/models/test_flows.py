@@ -9,10 +9,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import zuko
 
 from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import ConditionalFlow, export_sampler_onnx, load_model, save_model
+from detlearn.models.flows import _CHUNK, _BinarySearchRQS, _MaskedPass
 
 KINDS = ["nsf", "maf", "realnvp"]
 # name -> (lower, upper)
@@ -260,3 +262,80 @@ def test_float64_inputs_are_accepted_by_a_float32_model():
     x, c = flow.sample(torch.randn(3, CONTEXT), 1)[:, 0].double(), torch.randn(3, CONTEXT)
     assert flow.log_prob(x, c.double()).dtype == torch.float32
     assert flow.sample(c.double(), 4).dtype == torch.float32
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_spline_inverse_matches_zuko_inside_and_outside_its_domain(shared):
+    # shared: one spline per context row for many values (the per-bin table); otherwise one
+    # spline per value (its own knots gathered), as in a coupling layer's second feature.
+    torch.manual_seed(0)
+    lead = (5, 2, 1) if shared else (300, 2)
+    params = [2 * torch.randn(*lead, 6), 2 * torch.randn(*lead, 6), torch.randn(*lead, 5)]
+    ours = _BinarySearchRQS(*params)
+    ref = zuko.transforms.MonotonicRQSTransform(*params)
+    y = 3 * torch.randn(5, 2, 400) if shared else 3 * torch.randn(300, 2)
+    edges = torch.tensor([-30.0, -5.0, -4.9999, 0.0, 4.9999, 5.0, 30.0])
+    y.view(-1)[: len(edges)] = edges
+    x = ours.inv(y)
+    torch.testing.assert_close(x, ref.inv(y), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ref(x), y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("supports", [["lower"], MIXED[:2], MIXED[:3]])
+@pytest.mark.parametrize(("rows", "n"), [(7, 300), (1, _CHUNK + 5)])
+def test_sample_is_the_inverse_flow_of_its_own_noise(kind, supports, rows, n):
+    # sample() takes shortcuts (context-only units once per row, blocks of samples, the
+    # two-feature conditioner tabulated when one row has >= _CHUNK samples); it must still be
+    # the flow's inverse of the noise it draws, with the context repeated per sample.
+    flow = make_flow(kind, supports)
+    f = len(supports)
+    c = 2.0 * torch.randn(rows, CONTEXT)
+    x = flow.sample(c, n, generator=torch.Generator().manual_seed(5))
+    z = torch.randn((rows, n, f), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = flow.sample_from_noise(z.reshape(-1, f), c.repeat_interleave(n, 0))
+    torch.testing.assert_close(x, ref.view(rows, n, f), atol=1e-5, rtol=1e-4)
+
+
+def test_tabulated_conditioner_is_the_relu_network_everywhere():
+    torch.manual_seed(2)
+    flow = ConditionalFlow(2, CONTEXT, FlowConfig(kind="nsf", hidden=[64, 64], passes=2))
+    t = flow.flow.transform.transforms[0]
+    second = _MaskedPass(t, torch.randn(1, CONTEXT), 1, _CHUNK)
+    assert second.pieces is not None
+    kinks = second.pieces[0]
+    x = torch.cat([torch.linspace(-50, 50, 20_001), kinks, kinks + 1e-4, kinks - 1e-4])
+    x = torch.stack([x, torch.zeros_like(x)], dim=-1)[None]  # [1, n, 2], feature 0 known
+    with torch.no_grad():
+        table = second._conditioner(x)
+        second.pieces = None
+        network = second._conditioner(x)
+    torch.testing.assert_close(table, network, atol=1e-5, rtol=1e-5)
+
+
+def test_standardization_spreads_the_training_range_over_the_spline_domain():
+    flow = make_flow("nsf", ["lower"])
+    y = torch.cat([torch.randn(9000) * 0.3 + 1.0, torch.randn(1000) * 2.0 - 8.0])
+    x = 1.5 + y.exp()[:, None]
+    flow.fit_normalization(x, torch.randn(len(x), CONTEXT))
+    u, _ = flow._to_flow_space(x)
+    q = torch.quantile(u.double(), torch.tensor([1e-4, 1 - 1e-4], dtype=torch.float64))
+    torch.testing.assert_close(q, torch.tensor([-4.5, 4.5], dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_nsf_samples_beyond_the_training_range_need_base_noise_beyond_5():
+    # Bug: with a mean/std standardization, a target whose log distance to the bound has a long
+    # lower tail (m_omega piled up at the threshold) left the spline domain above the data
+    # empty; the little probability a trained flow put there came out of exp() as samples
+    # 10^3-10^4 times the data range. Now every spline maps [-5, 5] onto itself, and u = 5 is
+    # half a unit of u above the training data's q(1 - 1e-4).
+    flow = make_flow("nsf", ["lower"])
+    y = torch.cat([torch.randn(9000) * 0.3 + 1.0, torch.randn(1000) * 2.0 - 8.0])
+    x = 1.5 + y.exp()[:, None]
+    flow.fit_normalization(x, torch.randn(len(x), CONTEXT))
+    c = 3.0 * torch.randn(2000, CONTEXT)
+    z = torch.rand(2000, 1) * 10 - 5
+    z[:2, 0] = torch.tensor([-5.0, 5.0])
+    samples = flow.sample_from_noise(z, c).detach()
+    assert samples.max() - 1.5 <= 3 * (x.max() - 1.5)
