@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from detlearn.io.dataset import atomic_write_json
 from detlearn.models.regressors import Regressor
 
 __all__ = [
-    "SplitBatchSession",
     "check_parity",
     "export_onnx",
     "export_regressor_onnx",
@@ -88,56 +86,6 @@ def export_onnx(
         module.train(was_training)
     tmp.replace(path)
     return path
-
-
-class SplitBatchSession:
-    """Inference of an exported one-input, one-output model, the batch split across threads.
-
-    A small network (Model4Exp: ~3.5 kFLOP per row) gains little from onnxruntime's intra-op
-    threads, which synchronize after every layer. Here each of ``threads`` Python threads runs
-    a contiguous part of the batch through one shared session with a single intra-op thread
-    (``InferenceSession.run`` is thread-safe and releases the GIL), so the parts run
-    independently to the end. Batches below ``2 * min_rows`` rows run in the calling thread.
-
-    Example:
-        >>> session = SplitBatchSession("run/export/regressor.onnx", threads=2)  # doctest: +SKIP
-        >>> energy = session.run(inputs)        # [N, 36] float32 -> [N]        # doctest: +SKIP
-    """
-
-    def __init__(self, onnx_path: str | Path, threads: int = 2, min_rows: int = 2048) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(onnx_path), opts, providers=["CPUExecutionProvider"]
-        )
-        (self.input,) = (i.name for i in self.session.get_inputs())
-        (self.output,) = (o.name for o in self.session.get_outputs())
-        self.threads, self.min_rows = threads, min_rows
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
-
-    def _part(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: x})[0]
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """The model's output for the rows of ``x`` (float32, [N, F])."""
-        parts = min(self.threads, len(x) // self.min_rows)
-        if self._pool is None or parts < 2:
-            return self._part(x)
-        bounds = np.linspace(0, len(x), parts + 1).astype(int)
-        pieces = self._pool.map(self._part, [x[a:b] for a, b in itertools.pairwise(bounds)])
-        return np.concatenate(list(pieces))
-
-    def close(self) -> None:
-        """Stop the worker threads."""
-        if self._pool is not None:
-            self._pool.shutdown()
 
 
 class _Flat(torch.nn.Module):

@@ -124,25 +124,3 @@ def test_branch_with_wrong_number_of_samples_names_it(tmp_path, runner):
     message = " ".join(result.output.split())
     assert "six.root" in message and "'raw[:, 6]'" in message and "raw_6" in message
     assert not (tmp_path / "ds" / "manifest.json").exists()
-
-
-def test_split_batch_session_gives_the_exported_models_output(demo):
-    import onnxruntime as ort
-
-    from detlearn.export import SplitBatchSession
-    from detlearn.io.dataset import Dataset
-
-    out, _ = demo
-    reg = Regression.load(out / "run")
-    test = Dataset.open(out / "dataset").load(reg.input_names, split="test", max_rows=999)
-    x = np.stack([test[k] for k in reg.input_names], 1).astype(np.float32)
-    path = out / "run" / "export" / "regressor.onnx"
-    want = ort.InferenceSession(str(path)).run(None, {"inputs": x})[0]
-    split = SplitBatchSession(path, threads=3, min_rows=100)
-    try:
-        got = split.run(x)
-        assert got.shape == (len(x),)
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(reg.model.y_std))
-        assert split.run(x[:150]).shape == (150,)  # below 2 x min_rows: one thread
-    finally:
-        split.close()
