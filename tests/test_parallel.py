@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import multiprocessing
 import operator
+import os
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 from detlearn.config import ExecutorConfig, SlurmConfig
-from detlearn.parallel import InlineExecutor, executor, slurm_cluster
+from detlearn.parallel import InlineExecutor, LocalExecutor, executor, slurm_cluster
+
+
+def _exit_in_a_worker_process(value: int) -> int:
+    if multiprocessing.parent_process() is not None:
+        os._exit(1)
+    return value
 
 
 def test_inline_executor_carries_exceptions():
@@ -17,6 +27,39 @@ def test_inline_executor_carries_exceptions():
 def test_local_process_pool_runs_tasks():
     with executor(ExecutorConfig(kind="local", workers=2)) as ex:
         assert [f.result() for f in [ex.submit(pow, 2, k) for k in range(5)]] == [1, 2, 4, 8, 16]
+
+
+def test_local_executor_starts_in_this_process_then_uses_a_worker():
+    # The first task runs here at once (no worker start-up); the next goes to the worker.
+    with LocalExecutor(2) as ex:
+        pids = [f.result() for f in [ex.submit(os.getpid) for _ in range(2)]]
+    assert pids[0] == os.getpid()
+    assert pids[1] != os.getpid()
+
+
+def test_local_executor_carries_exceptions_from_both_places():
+    with LocalExecutor(2) as ex:
+        futures = [ex.submit(operator.truediv, 1, 0) for _ in range(2)]
+        for fut in futures:
+            with pytest.raises(ZeroDivisionError):
+                fut.result()
+
+
+def test_local_executor_runs_the_rest_here_after_a_worker_dies():
+    with LocalExecutor(2) as ex:
+        futures = [ex.submit(_exit_in_a_worker_process, k) for k in range(6)]
+        died = [k for k, f in enumerate(futures) if isinstance(f.exception(), BrokenProcessPool)]
+        assert len(died) == 1
+        assert [f.result() for k, f in enumerate(futures) if k not in died] == [
+            k for k in range(6) if k not in died
+        ]
+
+
+def test_local_executor_drops_queued_tasks_when_the_block_fails():
+    with pytest.raises(KeyboardInterrupt), LocalExecutor(2) as ex:
+        futures = [ex.submit(time.sleep, 0.2) for _ in range(10)]
+        raise KeyboardInterrupt
+    assert sum(f.cancelled() for f in futures) >= 7
 
 
 def test_dask_local_cluster_runs_tasks():

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,32 @@ from detlearn.data.splits import group_hash, split_index, split_mask
 from detlearn.errors import DetlearnError
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 0}
+MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def test_group_hash_values_are_pinned():
+    # Prepared shards store these hashes and splits are cut from them: a faster implementation
+    # must give the same values, or rows silently move between train and test.
+    groups = [0, 1, 2, 123456789, -1]
+    expected = [
+        0xC4C41F442A062B94,
+        0xD443347F0DEFCAEC,
+        0xD98E4083A5B777A6,
+        0xCDF8C402FE7AB4D7,
+        0xA36B006F92D74D0E,
+    ]
+    assert group_hash("run7.root", np.array(groups)).tolist() == expected
+    salt = zlib.crc32(b"run7.root") << 32
+    assert [_splitmix64((salt + g) & MASK64) for g in groups] == expected
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25, "seed": 3}
+    assert split_index(np.array(expected, np.uint64), fractions).tolist() == [1, 2, 0, 1, 2]
 
 
 def test_rows_of_one_group_share_a_split():

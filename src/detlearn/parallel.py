@@ -1,6 +1,8 @@
 """Executors behind one ``concurrent.futures.Executor`` interface: local, dask, slurm.
 
-- ``local``: a process pool of ``workers`` processes (in-process when ``workers == 1``).
+- ``local``: ``workers`` tasks at a time, one in this process and the others in worker
+  processes forked from a fork server (everything in-process when ``workers == 1``); see
+  :class:`LocalExecutor`.
 - ``dask``: a ``distributed.Client`` on an existing scheduler (``scheduler: tcp://host:port``)
   or on a ``LocalCluster`` started for the job; requires ``pip install 'detlearn[dask]'``.
 - ``slurm``: a ``dask_jobqueue.SLURMCluster`` scaled to ``slurm.jobs`` jobs; requires
@@ -20,14 +22,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import multiprocessing
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+import queue
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from detlearn.config import ExecutorConfig, SlurmConfig
 from detlearn.errors import DetlearnError
 
-__all__ = ["InlineExecutor", "executor", "slurm_cluster"]
+__all__ = ["InlineExecutor", "LocalExecutor", "executor", "slurm_cluster"]
 
 
 class InlineExecutor(Executor):
@@ -41,6 +45,76 @@ class InlineExecutor(Executor):
         except BaseException as err:  # the future carries it, as a pool's would
             future.set_exception(err)
         return future
+
+
+class LocalExecutor(Executor):
+    """Runs ``workers`` tasks at a time: one in this process, the others in worker processes.
+
+    A fresh Python process spends about a second importing numpy, awkward, uproot and pyarrow:
+    the time of several work items. So this process, which has them imported already, works
+    from the start while the worker processes get ready, and every task goes to whichever of
+    them is free first. Workers are forked from a fork server (a clean, single-threaded
+    process that imports the ``preload`` modules once and lives as long as this one), never
+    from this process: they must not inherit its threads (torch, OpenMP, a progress bar). The
+    first executor of a process waits for that server's imports; later ones do not.
+
+    Args:
+        workers: tasks at a time, this process included (at least 2).
+        preload: modules the fork server imports for every worker (first executor only).
+
+    Example:
+        >>> with LocalExecutor(2) as ex:
+        ...     [f.result() for f in [ex.submit(pow, 2, k) for k in range(4)]]
+        [1, 2, 4, 8]
+    """
+
+    def __init__(self, workers: int, preload: Sequence[str] = ()) -> None:
+        if workers < 2:
+            raise ValueError(f"LocalExecutor needs at least 2 workers (got {workers})")
+        self._processes = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_context(preload))
+        # One token per place a task can run: None is this process.
+        self._free: queue.SimpleQueue[ProcessPoolExecutor | None] = queue.SimpleQueue()
+        for token in [None] + [self._processes] * (workers - 1):
+            self._free.put(token)
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="detlearn-local")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` on the first free worker."""
+        return self._threads.submit(self._run, fn, args, kwargs)
+
+    def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        token = self._free.get()
+        broken = False
+        try:
+            if token is None:
+                return fn(*args, **kwargs)
+            return token.submit(fn, *args, **kwargs).result()
+        except BrokenProcessPool:
+            # A worker process died (killed, out of memory): this task fails, and the pool's
+            # token is not given back, so the tasks left run in this process, not fail too.
+            broken = token is not None
+            raise
+        finally:
+            if not broken:
+                self._free.put(token)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; with ``wait``, return once the running ones are done."""
+        self._threads.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._processes.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Leaving on an error (Ctrl-C included) finishes the running tasks, not the queued ones.
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # __main__ too: a worker otherwise re-imports the main script (the CLI: typer, rich) itself.
+    ctx.set_forkserver_preload(["__main__", *preload])
+    return ctx
 
 
 def _require(module: str, extra: str) -> Any:
@@ -67,15 +141,17 @@ def slurm_cluster(cfg: SlurmConfig) -> Any:
 
 
 @contextlib.contextmanager
-def executor(cfg: ExecutorConfig) -> Iterator[Executor]:
-    """Open the executor described by ``cfg``; it is shut down on exit."""
+def executor(cfg: ExecutorConfig, preload: Sequence[str] = ()) -> Iterator[Executor]:
+    """Open the executor described by ``cfg``; it is shut down on exit.
+
+    ``preload`` names modules local worker processes should import before their first task
+    (see :class:`LocalExecutor`).
+    """
     if cfg.kind == "local":
         if cfg.workers == 1:
             yield InlineExecutor()
             return
-        # spawn: workers must not inherit the parent's torch/OpenMP thread state.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        with LocalExecutor(cfg.workers, preload) as pool:
             yield pool
         return
     distributed = _require("distributed", "dask")

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from detlearn.io.dataset import (
     read_shard_record,
     write_shard,
 )
+from detlearn.io.expressions import ColumnSet
 from detlearn.io.sources import Chunk, WorkItem, plan_work_items, resolve_sources
 from detlearn.parallel import executor
 
@@ -71,13 +73,11 @@ def group_column(data: DataConfig) -> str:
 
 def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     """Rows from branch expressions (``data.columns``) and a selection, one row per entry."""
-    from detlearn.io.expressions import ColumnSet
-
     exprs: dict[str, str | None] = {n: spec.expr for n, spec in data.columns.items()}
     group = group_column(data)
     if group not in exprs:
         exprs[group] = ENTRY_ALIAS
-    columns = ColumnSet(exprs, data.selection)
+    columns = _column_set(tuple(exprs.items()), data.selection)
     keys = chunk.keys()
     branches = sorted(columns.branches([*keys, ENTRY_ALIAS], where=chunk.path) - {ENTRY_ALIAS})
     records = chunk.arrays(branches)
@@ -87,6 +87,13 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
     arrays[ENTRY_ALIAS] = np.arange(chunk.item.entry_start, chunk.item.entry_stop, dtype=np.int64)
     values, _, _ = columns.evaluate(arrays, where=chunk.path)
     return values
+
+
+@functools.lru_cache(maxsize=8)
+def _column_set(exprs: tuple[tuple[str, str | None], ...], selection: str | None) -> ColumnSet:
+    # One per config, kept across the chunks a process handles: the set caches its resolved
+    # and compiled expressions.
+    return ColumnSet(dict(exprs), selection)
 
 
 def _numpy_if_flat(array: ak.Array) -> Any:
@@ -211,9 +218,15 @@ def prepare(
         else:
             records[item.key] = record
     skipped = len(records)
+    # Longest first: the short last chunk of each file then fills gaps at the end instead of a
+    # long chunk starting last and leaving the other workers idle.
+    todo.sort(key=lambda item: item.entry_stop - item.entry_start, reverse=True)
 
     bad_sources: set[str] = set()
-    with _progress(progress, len(items), skipped) as advance, executor(cfg.executor) as pool:
+    with (
+        _progress(progress, len(items), skipped) as advance,
+        executor(cfg.executor, preload=[__name__]) as pool,
+    ):
         futures: dict[Future, WorkItem] = {
             pool.submit(process_item, item, data, shard_dir / f"{item.key}.parquet", chash): item
             for item in todo

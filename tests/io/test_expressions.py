@@ -238,3 +238,17 @@ def test_expression_is_reusable_across_chunks():
     first = ak.to_numpy(expr.evaluate(ARRAYS))
     second = ak.to_numpy(expr.evaluate({"hitE": HIT_E[:10], "px": PX[:10]}))
     np.testing.assert_array_equal(first[:10], second)
+
+
+def test_resolved_names_follow_the_names_present():
+    # Resolution is kept per set of names: a name that becomes a column, or goes missing,
+    # must be resolved again, not taken from an earlier chunk.
+    cols = ColumnSet({"p": "px * 2", "q": "p + 1"})
+    with_branch_p = {**ARRAYS, "p": np.zeros(N)}
+    for arrays in (ARRAYS, with_branch_p, ARRAYS):
+        values, _, _ = cols.evaluate(arrays)
+        np.testing.assert_allclose(values["q"], PX * 2 + 1)
+    expr = Expression("px + py")
+    np.testing.assert_allclose(ak.to_numpy(expr.evaluate(ARRAYS)), PX + PY)
+    with pytest.raises(DetlearnError, match="unknown name 'py'"):
+        expr.evaluate({"px": PX})

@@ -109,3 +109,23 @@ def test_missing_branch_lists_closest_names(tmp_path):
     ):
         chunk.arrays(["pxx"])
     assert len(chunk.arrays(["px", "hitE"])) == 100
+
+
+def test_a_rewritten_file_is_read_anew(tmp_path):
+    # Open trees are kept for the next chunk; a file written again must not be read from them.
+    path = write_flat(tmp_path / "f.root", n=300, seed=1)
+    first = Chunk(plan_work_items(resolve_sources([str(path)], None)[0], 1000)[0])
+    px_before = first.arrays(["px"])["px"].to_numpy()
+    write_flat(path, n=500, seed=2)
+    sources, _ = resolve_sources([str(path)], None)
+    assert sources[0].entries == 500
+    px_after = Chunk(plan_work_items(sources, 1000)[0]).arrays(["px"])["px"].to_numpy()
+    assert len(px_after) == 500
+    assert not np.array_equal(px_after[:300], px_before)
+
+
+def test_chunks_of_one_file_share_the_open_tree(tmp_path):
+    sources, _ = resolve_sources([str(write_flat(tmp_path / "f.root", n=1000))], None)
+    first, second = (Chunk(item) for item in plan_work_items(sources, 500))
+    assert first.tree is second.tree
+    assert len(first.arrays(["px"])) == len(second.arrays(["px"])) == 500
