@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ import torch
 from detlearn import __version__
 from detlearn.config import RunConfig
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json
+from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json, read_json_object
 
 __all__ = [
     "ContextRangeWarning",
@@ -322,10 +321,7 @@ def read_run_info(
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise DetlearnError(f"{run_dir}: not a detlearn run directory (no {RUN_FILE})")
-    try:
-        info: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DetlearnError(f"{path}: not valid JSON ({err.msg})") from None
+    info = read_json_object(path)
     if info.get("format") != RUN_FORMAT:
         raise DetlearnError(
             f"{run_dir}: run format {info.get('format')} written by detlearn "

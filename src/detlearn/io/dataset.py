@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "file_sha256",
+    "read_json_object",
     "read_shard_record",
     "write_shard",
 ]
@@ -64,6 +65,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
     with _atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; a one-line :class:`DetlearnError` when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DetlearnError(f"{path}: not valid JSON ({err.msg})") from None
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

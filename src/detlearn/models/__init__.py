@@ -23,12 +23,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import safetensors.torch
 import torch
 
 from detlearn.errors import DetlearnError
+from detlearn.io.dataset import read_json_object
 
 __all__ = [
     "ConditionalFlow",
@@ -99,10 +100,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tor
     for path in (spec_path, weights):
         if not path.is_file():
             raise DetlearnError(f"{path}: model file not found")
-    try:
-        spec: dict[str, Any] = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as err:
-        raise DetlearnError(f"{spec_path}: not valid JSON ({err.msg})") from None
+    spec = read_json_object(spec_path)
     if "kind" not in spec:
         raise DetlearnError(f"{spec_path}: missing key 'kind'")
     model = model_class(spec["kind"]).from_spec(spec)
