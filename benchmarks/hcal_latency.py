@@ -2,10 +2,11 @@
 on 2 CPU cores (FACILE reported ~500 ns on a CPU).
 
 Builds Model4Exp with its input and target scaling fitted on simulated channels (or loads a
-trained run with ``--run``), exports it as ``detlearn export`` does (the folded form: a
-centring, then Gemm + ReLU; ``detlearn.export.export_regressor_onnx``), and times, in this
-process, back to back, the per-channel latency vs batch size (2^8 ... 2^16; medians over
-``--trials`` timed trials after warm-up, each trial >= 20 ms of back-to-back calls):
+trained run with ``--run``), exports it as ``detlearn export`` does (everything folded into
+Gemm + ReLU nodes, the batch along the GEMMs' wide dimension;
+``detlearn.export.faithful_regressor_onnx``), and times, in this process, the per-channel latency vs batch size (2^8 ... 2^16; medians over ``--trials`` timed
+trials in each of ``--rounds`` rounds, the runtimes interleaved so that a slow spell of a shared
+machine does not fall on one of them; each trial >= 20 ms of back-to-back calls after warm-up):
 
 - torch eager: the model as trained (scaling + BatchNorm layers, eval mode);
 - TorchScript: the folded model, scripted and optimized for inference;
@@ -17,7 +18,7 @@ process, back to back, the per-channel latency vs batch size (2^8 ... 2^16; medi
 torch runs with ``--threads`` intra-op threads. Prints the table, detlearn's export at 16384
 against the 50 ns target and its ratio to the reference; writes timing.png.
 
-Run: .venv/bin/python benchmarks/hcal_latency.py [--trials 15] [--run RUN_DIR] [--out DIR]
+Run: .venv/bin/python benchmarks/hcal_latency.py [--rounds 5] [--run RUN_DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,14 +32,17 @@ import onnxruntime as ort
 import torch
 
 from detlearn.config import RegressorConfig
-from detlearn.evaluation.latency import latency_per_row, plot_latency
-from detlearn.export import export_onnx, export_regressor_onnx
+from detlearn.evaluation.latency import latency_curves, plot_latency
+from detlearn.export import export_onnx, regressor_runtimes
 from detlearn.models.regressors import Regressor
 from detlearn.recipes.hcal_energy import HcalSimConfig, generate_channels
 from detlearn.run import Regression
 
 TARGET_NS = 50.0
 BATCHES = [2**k for k in range(8, 17)]
+# The thread pools of the runtime timed before (onnxruntime's, torch's OpenMP) spin for up to
+# ~0.5 s after their last call, on the same two cores.
+SETTLE_S = 1.0
 
 
 def inputs_from_simulation(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +55,8 @@ def inputs_from_simulation(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=15, help="timed trials per batch size")
+    parser.add_argument("--trials", type=int, default=3, help="timed trials per batch and round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved passes")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--run", type=Path, default=None, help="a trained hcal-energy run")
     parser.add_argument("--out", type=Path, default=None, help="folder for timing.png")
@@ -66,57 +71,31 @@ def main() -> None:
         model = Regressor(x.shape[1], RegressorConfig(arch="model4exp"))
         model.fit_normalization(torch.from_numpy(x), torch.from_numpy(gen_e))
     model.eval()
-    onnx_path = export_regressor_onnx(model, out / "model.onnx")
     plain_path = export_onnx(model, (torch.zeros(2, x.shape[1]),), out / "plain.onnx",
                              ["inputs"], ["genE"])  # fmt: skip
     torch.set_num_threads(args.threads)
-
-    def torch_eager(b: np.ndarray) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(torch.from_numpy(b))
-
-    scripted = torch.jit.optimize_for_inference(torch.jit.script(model.folded()))
-
-    def torchscript(b: np.ndarray) -> torch.Tensor:
-        with torch.inference_mode():
-            return scripted(torch.from_numpy(b))
-
-    sessions = {
-        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for name, path in [("plain", plain_path), ("detlearn", onnx_path)]
-    }
-
-    def ort_plain(b: np.ndarray) -> list[np.ndarray]:
-        return sessions["plain"].run(None, {"inputs": b})
-
-    def ort_detlearn(b: np.ndarray) -> list[np.ndarray]:
-        return sessions["detlearn"].run(None, {"inputs": b})
+    check = x[:4096]
+    runtimes = regressor_runtimes(model, check)
+    plain = ort.InferenceSession(str(plain_path), providers=["CPUExecutionProvider"])
+    runtimes["onnxruntime, plain export"] = lambda b: plain.run(None, {"inputs": b})[0]
 
     # The runtimes agree before they are timed.
-    check = x[:4096]
-    want = torch_eager(check).numpy()
-    for name, fn in [("torchscript", torchscript), ("ort plain", ort_plain),
-                     ("ort detlearn", ort_detlearn)]:  # fmt: skip
-        got = fn(check)
-        got = np.asarray(got[0] if isinstance(got, list) else got).reshape(-1)
-        err = np.abs(got - want).max() / float(model.y_std)
+    want = runtimes["torch eager"](check)
+    for name, fn in runtimes.items():
+        err = np.abs(fn(check) - want).max() / float(model.y_std)
         assert err < 1e-4, f"{name} disagrees with torch eager by {err:.1e} sigma_y"
 
-    runtimes = {
-        "torch eager": torch_eager,
-        "TorchScript (folded)": torchscript,
-        "onnxruntime, plain export": ort_plain,
-        "onnxruntime, detlearn export": ort_detlearn,
-    }
-    curves = {name: latency_per_row(fn, x, BATCHES, trials=args.trials)
-              for name, fn in runtimes.items()}  # fmt: skip
-    print(f"per-channel latency [ns], median of {args.trials} trials, {args.threads} threads")
-    print(f"{'batch':>7} " + " ".join(f"{n:>22}" for n in curves))
+    curves = latency_curves(
+        runtimes, x, BATCHES, trials=args.trials, rounds=args.rounds, settle_s=SETTLE_S
+    )
+    trials = args.trials * args.rounds
+    print(f"per-channel latency [ns], median of {trials} trials, {args.threads} threads")
+    print(f"{'batch':>7} " + " ".join(f"{n:>29}" for n in curves))
     for i, b in enumerate(BATCHES):
-        print(f"{b:>7} " + " ".join(f"{c[i]['ns_per_row']:>22.1f}" for c in curves.values()))
+        print(f"{b:>7} " + " ".join(f"{c[i]['ns_per_row']:>29.1f}" for c in curves.values()))
     at = {name: next(r["ns_per_row"] for r in rows if r["batch"] == 16384)
           for name, rows in curves.items()}  # fmt: skip
-    ours, ref = at["onnxruntime, detlearn export"], at["onnxruntime, plain export"]
+    ours, ref = at["onnxruntime (detlearn export)"], at["onnxruntime, plain export"]
     verdict = "met" if ours <= TARGET_NS else "NOT met"
     print(
         f"batch 16384: detlearn export {ours:.1f} ns/channel (target <= {TARGET_NS:g} ns: "

@@ -60,6 +60,49 @@ def test_folded_network_is_the_same_function(arch):
     assert torch.abs(got - want).max() / scale < 1e-5
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "silu"])
+def test_onnx_graph_is_the_same_function_with_the_batch_along_columns(activation):
+    import onnxruntime as ort
+
+    from detlearn.export import regressor_onnx_model
+
+    cfg = RegressorConfig(arch="mlp", hidden=[16, 8, 3], activation=activation)
+    model, x = _trained_like(cfg)
+    with torch.no_grad():
+        want = model(x).numpy()
+    for fold_center in (True, False):
+        graph = regressor_onnx_model(model, fold_center)
+        ops = [node.op_type for node in graph.graph.node]
+        assert ops.count("Gemm") == 4 and ("Sub" in ops) == (not fold_center)
+        session = ort.InferenceSession(
+            graph.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        got = session.run(None, {"inputs": x.numpy()})[0]
+        assert got.shape == (len(x),)
+        assert np.abs(got - want).max() / float(model.y_std) < 1e-5
+
+
+def test_export_keeps_the_centring_when_folding_it_loses_precision(tmp_path):
+    """An input at 17.3 +- 0.05 (a pedestal): folded, float32 cancels ~350 x its spread."""
+    import onnxruntime as ort
+
+    from detlearn.export import REGRESSOR_PARITY, regressor_onnx_model
+
+    model, x = _trained_like(RegressorConfig(arch="model4exp"))
+    x[:, 5] = 17.3 + 0.05 * torch.randn(len(x), generator=torch.Generator().manual_seed(1))
+    model.fit_normalization(x, x[:, :4].sum(1).abs() + 1)
+    with torch.no_grad():
+        want = model(x).numpy()
+    errors = {}
+    for fold_center in (True, False):
+        graph = regressor_onnx_model(model, fold_center).SerializeToString()
+        got = ort.InferenceSession(graph, providers=["CPUExecutionProvider"]).run(
+            None, {"inputs": x.numpy()}
+        )[0]
+        errors[fold_center] = np.abs(got - want).max() / (REGRESSOR_PARITY * float(model.y_std))
+    assert errors[True] > 1 >= errors[False], errors
+
+
 @torch.no_grad()
 def test_losses_vanish_at_the_truth_and_weights_select_rows():
     model, x = _trained_like(RegressorConfig(loss="mse"))

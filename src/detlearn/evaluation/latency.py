@@ -1,9 +1,11 @@
 """Inference latency per row versus batch size, for any callable (torch, TorchScript, ONNX).
 
-:func:`latency_per_row` times ``fn(inputs[:b])`` for every batch size b: a warm-up, then
-``trials`` timed trials, each of enough back-to-back calls to last ≥ ``min_trial_s`` (so small
-batches are not below the clock's resolution), and reports the median and the 16–84 % spread
-of the per-row time in nanoseconds. :func:`plot_latency` draws the curves (``timing.png``).
+:func:`latency_curves` times ``fn(inputs[:b])`` for every runtime and batch size b: a warm-up,
+then ``trials`` timed trials, each of enough back-to-back calls to last ≥ ``min_trial_s`` (so
+small batches are not below the clock's resolution), runtimes interleaved over ``rounds``, and
+reports the median and the 16–84 % spread of the per-row time in nanoseconds;
+:func:`latency_per_row` is the one-runtime case. :func:`plot_latency` draws the curves
+(``timing.png``).
 
 Example:
     >>> import numpy as np
@@ -22,7 +24,82 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["latency_per_row", "plot_latency"]
+__all__ = ["latency_curves", "latency_per_row", "plot_latency"]
+
+
+def latency_curves(
+    fns: Mapping[str, Callable[[np.ndarray], Any]],
+    inputs: np.ndarray,
+    batch_sizes: Sequence[int],
+    *,
+    trials: int = 7,
+    rounds: int = 1,
+    warmup: int = 3,
+    min_trial_s: float = 0.02,
+    settle_s: float = 0.0,
+) -> dict[str, list[dict[str, float]]]:
+    """Per-row inference time [ns] of several runtimes at each batch size, interleaved.
+
+    Every round times each runtime in turn at every batch size (``trials`` trials each), so a
+    slow spell of a shared machine hits all runtimes alike instead of one curve. Thread pools
+    of the runtime timed before keep spinning for a while (onnxruntime's for ~0.1–0.5 s);
+    ``settle_s`` waits that out before each runtime's turn.
+
+    Args:
+        fns: runtime name -> callable taking a [b, F] array (a view of ``inputs``; rows
+            repeated when ``inputs`` has fewer than b).
+        inputs: representative rows, e.g. test-split inputs in physical units.
+        batch_sizes: batch sizes to time.
+        trials: timed trials per batch size, runtime and round.
+        rounds: passes over all batch sizes and runtimes; statistics pool every trial.
+        warmup: untimed calls before the trials (allocators, caches, lazy initialization).
+        min_trial_s: each trial repeats the call until it lasts at least this long [s].
+        settle_s: pause before each runtime's turn [s].
+
+    Returns:
+        Runtime name -> one row per batch size: ``batch``, ``ns_per_row`` (median),
+        ``ns_per_row_p16`` and ``ns_per_row_p84`` (spread over trials), ``calls_per_trial``.
+    """
+    batches = {}
+    for b in batch_sizes:
+        reps = -(-b // len(inputs))
+        batches[b] = np.ascontiguousarray(
+            np.tile(inputs, (reps, 1))[:b] if reps > 1 else inputs[:b]
+        )
+    calls: dict[tuple[str, int], int] = {}
+    per_row: dict[tuple[str, int], list[float]] = {(n, b): [] for n in fns for b in batch_sizes}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(settle_s)
+            for b, x in batches.items():
+                for _ in range(warmup):
+                    fn(x)
+                if (name, b) not in calls:
+                    t0 = time.perf_counter()
+                    fn(x)
+                    single = max(time.perf_counter() - t0, 1e-7)
+                    calls[name, b] = max(1, int(np.ceil(min_trial_s / single)))
+                n_calls = calls[name, b]
+                for _ in range(trials):
+                    t0 = time.perf_counter_ns()
+                    for _ in range(n_calls):
+                        fn(x)
+                    per_row[name, b].append((time.perf_counter_ns() - t0) / (n_calls * b))
+    curves: dict[str, list[dict[str, float]]] = {}
+    for name in fns:
+        curves[name] = []
+        for b in batch_sizes:
+            p16, p50, p84 = np.percentile(per_row[name, b], [16, 50, 84])
+            curves[name].append(
+                {
+                    "batch": int(b),
+                    "ns_per_row": float(p50),
+                    "ns_per_row_p16": float(p16),
+                    "ns_per_row_p84": float(p84),
+                    "calls_per_trial": calls[name, b],
+                }
+            )
+    return curves
 
 
 def latency_per_row(
@@ -34,48 +111,10 @@ def latency_per_row(
     warmup: int = 3,
     min_trial_s: float = 0.02,
 ) -> list[dict[str, float]]:
-    """Per-row inference time [ns] of ``fn`` at each batch size.
-
-    Args:
-        fn: called with a [b, F] array (a view of ``inputs``; rows repeated when ``inputs``
-            has fewer than b).
-        inputs: representative rows, e.g. test-split inputs in physical units.
-        batch_sizes: batch sizes to time.
-        trials: timed trials per batch size; the median is reported.
-        warmup: untimed calls before the trials (allocators, caches, lazy initialization).
-        min_trial_s: each trial repeats the call until it lasts at least this long [s].
-
-    Returns:
-        One row per batch size: ``batch``, ``ns_per_row`` (median), ``ns_per_row_p16`` and
-        ``ns_per_row_p84`` (spread over trials), ``calls_per_trial``.
-    """
-    rows = []
-    for b in batch_sizes:
-        reps = -(-b // len(inputs))
-        x = np.ascontiguousarray(np.tile(inputs, (reps, 1))[:b] if reps > 1 else inputs[:b])
-        for _ in range(warmup):
-            fn(x)
-        t0 = time.perf_counter()
-        fn(x)
-        single = max(time.perf_counter() - t0, 1e-7)
-        calls = max(1, int(np.ceil(min_trial_s / single)))
-        per_row = []
-        for _ in range(trials):
-            t0 = time.perf_counter_ns()
-            for _ in range(calls):
-                fn(x)
-            per_row.append((time.perf_counter_ns() - t0) / (calls * b))
-        p16, p50, p84 = np.percentile(per_row, [16, 50, 84])
-        rows.append(
-            {
-                "batch": int(b),
-                "ns_per_row": float(p50),
-                "ns_per_row_p16": float(p16),
-                "ns_per_row_p84": float(p84),
-                "calls_per_trial": calls,
-            }
-        )
-    return rows
+    """:func:`latency_curves` of one runtime in one round."""
+    return latency_curves(
+        {"fn": fn}, inputs, batch_sizes, trials=trials, warmup=warmup, min_trial_s=min_trial_s
+    )["fn"]
 
 
 def plot_latency(

@@ -183,45 +183,62 @@ class Regressor(torch.nn.Module):
         return (per_row * weight).sum() / weight.sum()
 
     @torch.no_grad()
-    def folded(self) -> torch.nn.Sequential:
-        """The eval-mode function as a centring, then plain Linear + activation layers.
+    def folded_layers(self) -> tuple[Tensor, list[tuple[Tensor, Tensor]], str]:
+        """The eval-mode function as ``x − c``, then affine layers with an activation between.
 
         The input scaling and the eval BatchNorms are affine maps: with the inputs centred
         first (x − c, the training means shifted by the first BatchNorm's running mean), every
         affine map a ⊙ x + b before ``Linear(W, β)`` becomes ``Linear(W diag(a), W b + β)``,
-        and the target scaling multiplies the last layer. Centring before the first product
-        keeps float32 round-off at the level of the unfolded model (inputs such as pedestals
-        sit far from zero in units of their spread). Takes physical inputs [N, F], returns
-        [N, 1] in target units.
+        and the target scaling multiplies the last layer. Computed in float64.
+
+        Returns:
+            ``(c [F], [(W [out, in], b [out]), ...], activation)``: the prediction in target
+            units is ``L_k(act(... act(L_1(x − c))))`` with ``L_i(h) = W_i h + b_i``.
         """
         center = self.x_mean.double()
         scale = 1.0 / self.x_std.double()
         offset = torch.zeros_like(scale)  # the map so far: (x - center) * scale + offset
-        layers: list[torch.nn.Module] = [_Center(center.float())]
+        affine: list[tuple[Tensor, Tensor]] = []
         for module in self.net:
             if isinstance(module, torch.nn.BatchNorm1d):
                 a = module.weight.double() / torch.sqrt(module.running_var.double() + module.eps)
-                if len(layers) == 1:  # move the first running mean into the centring
+                if not affine:  # move the first running mean into the centring
                     center = center + module.running_mean.double() / scale
-                    layers[0] = _Center(center.float())
                 else:
                     offset = offset - module.running_mean.double()
                 offset = offset * a + module.bias.double()
                 scale = scale * a
             elif isinstance(module, torch.nn.Linear):
                 w = module.weight.double()
-                linear = torch.nn.Linear(module.in_features, module.out_features)
-                linear.weight.copy_(w * scale)
-                linear.bias.copy_(w @ offset + module.bias.double())
-                layers.append(linear)
+                affine.append((w * scale, w @ offset + module.bias.double()))
                 scale = torch.ones(module.out_features, dtype=torch.float64)
                 offset = torch.zeros(module.out_features, dtype=torch.float64)
-            else:
-                layers.append(type(module)())
-        last = layers[-1]
-        assert isinstance(last, torch.nn.Linear)
-        last.weight.mul_(self.y_std)
-        last.bias.mul_(self.y_std).add_(self.y_mean)
+        w, b = affine[-1]
+        affine[-1] = (w * self.y_std.double(), b * self.y_std.double() + self.y_mean.double())
+        return center, affine, self.activation
+
+    @property
+    def activation(self) -> str:
+        """The hidden layers' activation: ``relu`` (Model4Exp), ``tanh`` or ``silu``."""
+        return "relu" if self.cfg.arch == "model4exp" else self.cfg.activation
+
+    @torch.no_grad()
+    def folded(self) -> torch.nn.Sequential:
+        """:meth:`folded_layers` as a float32 module: a centring, then Linear + activation.
+
+        Centring before the first product keeps float32 round-off at the level of the unfolded
+        model (inputs such as pedestals sit far from zero in units of their spread). Takes
+        physical inputs [N, F], returns [N, 1] in target units.
+        """
+        center, affine, activation = self.folded_layers()
+        layers: list[torch.nn.Module] = [_Center(center.float())]
+        for i, (w, b) in enumerate(affine):
+            linear = torch.nn.Linear(w.shape[1], w.shape[0])
+            linear.weight.copy_(w)
+            linear.bias.copy_(b)
+            layers.append(linear)
+            if i < len(affine) - 1:
+                layers.append(_ACTIVATIONS[activation]())
         return torch.nn.Sequential(*layers).eval()
 
 

@@ -15,7 +15,8 @@ Bins are half-open, [lo, hi). Each method's resolution carries its statistical e
 lists every bin where it does not, and how large the difference is against that error.
 Figures: ``response_{i}.png`` and ``resolution_{i}.png`` per PU bin (vs pT), ``dE_{i}.png``
 (the trimmed ΔE histograms of every pT bin), ``timing.png`` (per-channel inference time vs
-batch size), the training loss.
+batch size in torch eager, TorchScript and onnxruntime on the exported graph), the training
+loss.
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     ``energy`` (MAHI-lite) and ``eraw`` (M0) beside the regressor's inputs and ``genE``.
     ``seed`` is unused (the evaluation draws nothing); it keeps the recipe signature.
     """
-    from detlearn.evaluation.latency import latency_per_row, plot_latency
+    from detlearn.evaluation.latency import latency_curves, plot_latency
+    from detlearn.export import regressor_runtimes
     from detlearn.io.dataset import Dataset
     from detlearn.report import plot_loss, write_report
     from detlearn.run import Regression
@@ -233,19 +235,12 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     figures_dir = out_dir / "figures"
     figures = _plots(rows, data, pu_edges, figures_dir)
 
-    model = reg.model
-
-    def torch_eager(batch: np.ndarray) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch))
-
-    timing = latency_per_row(torch_eager, x, options["timing_batches"], trials=5)
+    runtimes = regressor_runtimes(reg.model, x[:4096])
+    timing = latency_curves(runtimes, x, options["timing_batches"], trials=5, settle_s=0.5)
     figures.append(
         (
-            "per-channel inference time vs batch size (torch, this machine)",
-            plot_latency({"torch eager": timing}, figures_dir / "timing.png"),
+            "per-channel inference time vs batch size (this machine)",
+            plot_latency(timing, figures_dir / "timing.png"),
         )
     )
     history = run_dir / "regressor" / "history.csv"
@@ -275,11 +270,14 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         "bins_dnn_not_better": len(not_better),
         "median_dnn_vs_mahi_rel": float(np.median([r["dnn_vs_mahi_rel"] for r in rows])),
         **{f"sigma_eff_{label}": v for label, v in overall.items()},
-        "ns_per_channel_torch_16384": next(
-            (r["ns_per_row"] for r in timing if r["batch"] == 16384), float("nan")
-        ),
+        **{
+            f"ns_per_channel_{key}_16384": next(
+                (r["ns_per_row"] for r in timing[name] if r["batch"] == 16384), float("nan")
+            )
+            for key, name in [("torch", "torch eager"), ("onnx", "onnxruntime (detlearn export)")]
+        },
         "test_channels": n,
-        "parameters_keras_count": model.keras_parameter_count(),
+        "parameters_keras_count": reg.model.keras_parameter_count(),
     }
     summary = [
         {
@@ -299,7 +297,13 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         tables=[
             ("per (PU, pT) bin: response 1 − μ/E_ref and resolution σ/E_ref · c", summary),
             ("bins where the DNN is not better than MAHI-lite", not_better),
-            ("per-channel latency, torch eager [ns]", timing),
+            (
+                "per-channel latency [ns]",
+                [
+                    {"batch": b, **{name: c[i]["ns_per_row"] for name, c in timing.items()}}
+                    for i, b in enumerate(options["timing_batches"])
+                ],
+            ),
         ],
         figures=figures,
         targets=TARGETS,
