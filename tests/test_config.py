@@ -4,7 +4,13 @@ import pytest
 import yaml
 
 from detlearn.cli import app
-from detlearn.config import RunConfig, dump_commented_yaml, load_config, validate_config
+from detlearn.config import (
+    RunConfig,
+    dump_commented_yaml,
+    load_config,
+    merge_options,
+    validate_config,
+)
 from detlearn.errors import DetlearnError
 
 
@@ -63,3 +69,14 @@ def test_cli_unknown_recipe_exit_2(runner):
     result = runner.invoke(app, ["config", "show", "klm-timnig"])
     assert result.exit_code == 2
     assert "unknown recipe 'klm-timnig'" in result.output
+
+
+def test_merge_options_fills_defaults_and_names_a_misspelled_key():
+    defaults = {"samples": 10, "tolerance": 0.01}
+    assert merge_options(defaults, {"samples": 5}, "x") == {"samples": 5, "tolerance": 0.01}
+    assert merge_options(defaults, None, "x") == defaults
+    with pytest.raises(
+        DetlearnError,
+        match=r"^evaluation.options: unknown option 'smaples'; did you mean 'samples'\?$",
+    ):
+        merge_options(defaults, {"smaples": 5}, "evaluation.options")

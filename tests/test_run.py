@@ -50,6 +50,7 @@ def trained(tmp_path_factory):
                 "count": "negbinom",
                 "count_column": "n",
                 "count_hidden": [16],
+                "count_max_epochs": 8,
                 "flow": {"transforms": 2, "hidden": [32, 32], "bins": 8},
             },
             "training": {"batch_size": 512, "max_epochs": 8, "lr": 5e-3},

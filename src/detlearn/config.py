@@ -41,6 +41,7 @@ __all__ = [
     "deep_merge",
     "dump_commented_yaml",
     "load_config",
+    "merge_options",
     "validate_config",
     "validate_options",
 ]
@@ -198,6 +199,14 @@ class ModelConfig(_Strict):
     count_hidden: list[int] = Field(
         default_factory=lambda: [64, 64], description="hidden layer sizes of the count model"
     )
+    count_max_epochs: int = Field(
+        300,
+        gt=0,
+        description="epochs bound of the count model (one row per group: small, cheap epochs)",
+    )
+    count_patience: int = Field(
+        20, ge=1, description="count model early stopping: epochs without val improvement"
+    )
 
 
 class TrainingConfig(_Strict):
@@ -311,6 +320,29 @@ def validate_options(model: type[M], options: Mapping[str, Any] | None, source: 
         raise DetlearnError(
             f"{source}: option '{key}': {first['msg']} (got {first.get('input')!r})"
         ) from None
+
+
+def merge_options(
+    defaults: Mapping[str, Any], given: Mapping[str, Any] | None, source: str
+) -> dict[str, Any]:
+    """``defaults`` updated by ``given`` (a free options mapping, e.g. ``evaluation.options``).
+
+    A key that is not in ``defaults`` gives a one-line :class:`DetlearnError` naming it and its
+    nearest valid spelling.
+
+    Example:
+        >>> merge_options({"samples": 10}, {"smaples": 5}, "options")
+        Traceback (most recent call last):
+        ...
+        detlearn.errors.DetlearnError: options: unknown option 'smaples'; did you mean 'samples'?
+    """
+    given = dict(given or {})
+    for key in given:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(defaults)}"
+            raise DetlearnError(f"{source}: unknown option '{key}'{hint}")
+    return {**defaults, **given}
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

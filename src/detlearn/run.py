@@ -231,13 +231,21 @@ def train(
             counts[name] = (n, c)
         with _seeded(cfg.training.seed + 1):
             count = CountModel(len(context), cfg.model.count_hidden, context_names=context)
-        # One row per group is far fewer rows than the flow sees: keep >= 20 steps per epoch.
+        # One row per group is far fewer rows than the flow sees: >= 20 steps per epoch, its
+        # own epoch budget, and every group (training.max_rows and max_minutes bound the flow).
         batch = min(cfg.training.batch_size, max(64, len(counts["train"][0]) // 20))
+        update = {
+            "batch_size": batch,
+            "max_epochs": cfg.model.count_max_epochs,
+            "patience": cfg.model.count_patience,
+            "max_rows": None,
+            "max_minutes": None,
+        }
         fit(
             count,
             counts["train"],
             counts["val"],
-            cfg.training.model_copy(update={"batch_size": batch}),
+            cfg.training.model_copy(update=update),
             out / "count",
             resume=resume,
             progress=progress,

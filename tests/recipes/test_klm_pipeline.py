@@ -13,7 +13,11 @@ from detlearn.pipeline import run_recipe
 from detlearn.recipes.klm_timing.evaluate import TARGETS
 
 TINY = {
-    "model": {"flow": {"transforms": 1, "bins": 8, "hidden": [16]}, "count_hidden": [8]},
+    "model": {
+        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
+        "count_hidden": [8],
+        "count_max_epochs": 2,
+    },
     "training": {"max_epochs": 1, "batch_size": 4096},
     "evaluation": {"max_rows": 3000, "options": {"reference_events": 200}},
     "executor": {"workers": 1},

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from detlearn.config import merge_options
 from detlearn.errors import DetlearnError
 
 __all__ = ["METHODS", "OPTIONS", "TARGETS", "bin_stats", "evaluate", "sigma_eff"]
@@ -202,12 +203,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     reg = Regression.load(run_dir, recipe="hcal-energy")
     config: dict[str, Any] = reg.info["config"]
-    options = OPTIONS | config["evaluation"]["options"]
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise DetlearnError(
-            f"evaluation.options: unknown key '{unknown[0]}' (known: {', '.join(OPTIONS)})"
-        )
+    options = merge_options(OPTIONS, config["evaluation"]["options"], "evaluation.options")
     ds = Dataset.open(reg.info["dataset"])
     needed = ["genE", "PU", "pt", "energy", "eraw"]
     missing = [c for c in needed if c not in ds.columns]

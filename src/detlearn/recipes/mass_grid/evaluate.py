@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from detlearn.config import merge_options
 from detlearn.data.holdout import holdout_mask
 from detlearn.errors import DetlearnError
 from detlearn.evaluation.metrics import Score, energy_distance, kl_from_exact, width68
@@ -211,7 +212,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         )
     config: dict[str, Any] = surrogate.info["config"]
     sim_cfg = config_from_options(config.get("simulate"))
-    options = {**OPTIONS, **config["evaluation"]["options"]}
+    options = merge_options(OPTIONS, config["evaluation"]["options"], "evaluation.options")
     n, tol = int(options["samples"]), float(options["tolerance"])
     labels = heldout_labels(surrogate.info, sim_cfg)
     interior = _interior(labels, surrogate.info)
