@@ -12,6 +12,7 @@ every held-out label with ``--samples`` draws (model, sim, sim2 each) and time
 training; the time reported is the training wall time, with whether the goal was met.
 
 Run: .venv/bin/python benchmarks/grid_interp.py [--events 20000] [--minutes 15] [--quick]
+     .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
 ``--quick``: a 4 x 4 grid, one epoch, few samples: checks the script, measures nothing.
 """
 
@@ -37,6 +38,24 @@ from detlearn.run import Surrogate, train
 TARGET_RATE = 1e6  # pairs/s
 
 
+def generation_rate(s: Surrogate, label: np.ndarray, n: int) -> float:
+    """Pairs/s of ``Surrogate.sample`` of n pairs at one label (best of two, after warm-up)."""
+    context = dict(zip(s.context_names, label, strict=True))
+    s.sample(context, 1000, seed=0)  # warm-up
+    times = []
+    for seed in range(2):
+        t0 = time.perf_counter()
+        s.sample(context, n, seed=seed)
+        times.append(time.perf_counter() - t0)
+    rate = n / min(times)
+    print(
+        f"2-D generation at one label: {rate / 1e6:.3f} M pairs/s "
+        f"(target >= {TARGET_RATE / 1e6:g}, ratio {rate / TARGET_RATE:.3f}); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events per grid point")
@@ -44,7 +63,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=OPTIONS["samples"], help="per label")
     parser.add_argument("--out", type=Path, default=None, help="keep the run here")
     parser.add_argument("--quick", action="store_true", help="tiny grid: check the script runs")
+    parser.add_argument(
+        "--rate-only", type=Path, default=None, help="only time generation on this trained run"
+    )
     args = parser.parse_args()
+    if args.rate_only is not None:
+        s = Surrogate.load(args.rate_only)
+        sim_cfg = config_from_options(s.info["config"]["simulate"])
+        generation_rate(s, heldout_labels(s.info, sim_cfg)[0], 1_000_000)
+        return
 
     overrides: dict = {"training": {"max_minutes": args.minutes}}
     n_rate = 1_000_000
@@ -104,19 +131,7 @@ def main() -> None:
     verdict = "met" if ok else "NOT met"
     print(f"goal {verdict} after {t_train:.1f} s of training (budget {args.minutes:g} min)")
 
-    context = dict(zip(s.context_names, labels[0], strict=True))
-    s.sample(context, 1000, seed=0)  # warm-up
-    times = []
-    for seed in range(2):
-        t0 = time.perf_counter()
-        s.sample(context, n_rate, seed=seed)
-        times.append(time.perf_counter() - t0)
-    rate = n_rate / min(times)
-    print(
-        f"2-D generation at one label: {rate / 1e6:.3f} M pairs/s "
-        f"(target >= {TARGET_RATE / 1e6:g}, ratio {rate / TARGET_RATE:.3f}); "
-        f"load average {os.getloadavg()[0]:.1f}"
-    )
+    rate = generation_rate(s, labels[0], n_rate)
     (out / "benchmark.json").write_text(
         json.dumps(
             {
