@@ -372,3 +372,17 @@ def test_compiled_spline_kernels_match_zuko_in_float64():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_sampling_from_several_threads_at_once_gives_the_sequential_samples():
+    from concurrent.futures import ThreadPoolExecutor
+
+    flow = make_flow("nsf", ["lower"])
+    c = torch.randn(50, CONTEXT)
+
+    def draw(seed: int) -> torch.Tensor:
+        return flow.sample(c, 1000, generator=torch.Generator().manual_seed(seed))
+
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(draw, range(8)))
+    assert all(torch.equal(x, draw(i)) for i, x in enumerate(parallel))

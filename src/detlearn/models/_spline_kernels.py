@@ -20,6 +20,7 @@ the parameters' precision, knots and root in float64.
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -28,6 +29,8 @@ __all__ = ["inverse_per_value", "inverse_piecewise", "inverse_shared"]
 
 # Values per parallel work item (each item allocates its scratch once).
 _BLOCK = 4096
+# numba's default (workqueue) thread pool must not be entered by two threads at once.
+_LOCK = threading.Lock()
 
 
 @numba.njit(inline="always")
@@ -148,7 +151,8 @@ def inverse_per_value(phi: np.ndarray, y: np.ndarray, bound: float, slope: float
     """
     bins = (phi.shape[1] // y.shape[1] + 1) // 3
     out = np.empty_like(y)
-    _per_value(phi, y, out, bins, float(bound), 2.0 / abs(math.log(slope)))
+    with _LOCK:
+        _per_value(phi, y, out, bins, float(bound), 2.0 / abs(math.log(slope)))
     return out
 
 
@@ -163,7 +167,8 @@ def inverse_piecewise(
     """
     bins = ((rows.shape[1] - 1) // 2 // y.shape[1] + 1) // 3
     out = np.empty_like(y)
-    _piecewise(kinks, rows, h, y, out, bins, float(bound), 2.0 / abs(math.log(slope)))
+    with _LOCK:
+        _piecewise(kinks, rows, h, y, out, bins, float(bound), 2.0 / abs(math.log(slope)))
     return out
 
 
@@ -176,5 +181,6 @@ def inverse_shared(knots: np.ndarray, table: np.ndarray, y: np.ndarray) -> np.nd
     Values outside (knots[r, 0], knots[r, K]] map to themselves.
     """
     out = np.empty_like(y)
-    _shared(knots, table, y, out)
+    with _LOCK:
+        _shared(knots, table, y, out)
     return out
