@@ -37,7 +37,6 @@ from detlearn.models.regressors import Regressor
 __all__ = [
     "check_parity",
     "export_onnx",
-    "export_regressor_onnx",
     "export_run",
     "faithful_regressor_onnx",
     "regressor_onnx_model",
@@ -149,12 +148,6 @@ def regressor_onnx_model(model: Regressor, fold_center: bool = True) -> Any:
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(onnx_model)
     return onnx_model
-
-
-def export_regressor_onnx(model: Regressor, path: str | Path, fold_center: bool = True) -> Path:
-    """Write :func:`regressor_onnx_model` to ``path`` atomically."""
-    atomic_write_bytes(Path(path), regressor_onnx_model(model, fold_center).SerializeToString())
-    return Path(path)
 
 
 def faithful_regressor_onnx(model: Regressor, x: np.ndarray) -> tuple[bytes, dict[str, Any]]:
