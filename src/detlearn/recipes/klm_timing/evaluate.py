@@ -35,12 +35,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "unphysical_fraction": ("<=", 0.0),
 }
 
-#: Reference contexts (z [mm], θ [rad], |p| [GeV]) for whole-event comparisons.
 #: Default ``evaluation.options``: the whole-event comparison at :data:`REFERENCE_CONTEXTS`
 #: uses events with >= ``min_photons`` photons, ``reference_events`` events per context and
 #: sample (8000: the sim-vs-sim spread of the first-photon resolution is ~3 %, against the
 #: 10 % target).
 OPTIONS: dict[str, Any] = {"min_photons": 5, "reference_events": 8000}
+#: Reference contexts (z [mm], θ [rad], |p| [GeV]) for whole-event comparisons.
 REFERENCE_CONTEXTS = [
     (-600.0, np.pi / 2, 3.0),
     (-200.0, 1.3, 1.0),
