@@ -209,3 +209,32 @@ def test_training_is_reproducible_within_one_process(tmp_path):
         train(cfg, tmp_path / "ds", tmp_path / f"run{i}", progress=False)
         predictions.append(Regression.load(tmp_path / f"run{i}").predict({"a": a}))
     np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
+def test_balance_weighs_every_label_alike_and_keeps_row_weights():
+    from detlearn.run import _flow_tensors
+
+    label = np.repeat([0.0, 1.0, 2.0], [900, 90, 10])
+    part = {"c": label, "t": np.ones(1000), "w": np.where(np.arange(1000) % 2, 2.0, 0.0)}
+    _, c, w = _flow_tensors(part, ["c"], ["t"], [], ["c"])
+    totals = [float(w[c[:, 0] == v].sum()) for v in (0, 1, 2)]
+    np.testing.assert_allclose(totals, [1000 / 3] * 3, rtol=1e-6)  # equal shares, mean weight 1
+    # With a weight column: rows of weight 0 are dropped, the others keep their factor 2.
+    _, c, w = _flow_tensors(part, ["c"], ["t"], ["w"], ["c"])
+    assert len(w) == 500
+    totals = [float(w[c[:, 0] == v].sum()) for v in (0, 1, 2)]
+    np.testing.assert_allclose(totals, [1000 / 3] * 3, rtol=1e-6)
+
+
+def test_balance_must_name_a_context_column(trained):
+    cfg = validate_config(
+        {
+            "data": {
+                "inputs": [str(trained / "toy.root")],
+                "columns": {"c": {"role": "context"}, "t": {"role": "target", "lower": 0.0}},
+            },
+            "training": {"balance": ["t"]},
+        }
+    )
+    with pytest.raises(DetlearnError, match=r"training.balance: 't' is not a context column"):
+        train(cfg, trained / "ds", trained / "run_balance", progress=False)

@@ -220,6 +220,11 @@ class TrainingConfig(_Strict):
     patience: int = Field(5, ge=1, description="early stopping: epochs without val improvement")
     schedule: Literal["cosine", "none"] = Field("cosine", description="LR schedule")
     max_rows: int | None = Field(None, description="use at most this many training rows")
+    balance: list[str] = Field(
+        default_factory=list,
+        description="context columns whose distinct value combinations (grid labels) weigh "
+        "equally in the loss: a row weighs 1 / (rows sharing its values), times its own weight",
+    )
     seed: int = Field(0, description="seed of initialization and shuffling")
     accelerator: str = Field("auto", description="Lightning accelerator: auto | cpu | gpu")
 

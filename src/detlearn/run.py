@@ -183,6 +183,12 @@ def train(
             f"{dataset}: a {cfg.model.family} needs columns with role 'context' and 'target' "
             f"(found context {context}, target {target})"
         )
+    for col in cfg.training.balance:
+        if col not in context or cfg.model.family != "flow":
+            raise DetlearnError(
+                f"training.balance: '{col}' is not a context column of a flow "
+                f"(model.family {cfg.model.family}; context: {', '.join(context)})"
+            )
     if cfg.model.family == "regressor":
         return _train_regressor(cfg, ds, Path(out), context, target, weight, resume, progress)
     count_col = cfg.model.count_column if cfg.model.count != "none" else None
@@ -198,7 +204,10 @@ def train(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {name: _flow_tensors(part, context, target, weight) for name, part in splits.items()}
+    tensors = {
+        name: _flow_tensors(part, context, target, weight, cfg.training.balance)
+        for name, part in splits.items()
+    }
     lower = [ds.columns[t]["lower"] for t in target]
     upper = [ds.columns[t]["upper"] for t in target]
     with _seeded(cfg.training.seed):
@@ -307,13 +316,29 @@ def _train_regressor(
 
 
 def _flow_tensors(
-    part: Mapping[str, np.ndarray], context: list[str], target: list[str], weight: list[str]
+    part: Mapping[str, np.ndarray],
+    context: list[str],
+    target: list[str],
+    weight: list[str],
+    balance: list[str],
 ) -> tuple[torch.Tensor, ...]:
-    keep = part[weight[0]] > 0 if weight else np.ones(len(part[context[0]]), dtype=bool)
+    """(target, context[, weight]) tensors of one split; rows of weight 0 dropped.
+
+    With ``balance`` columns, each row's weight is divided by the number of rows sharing its
+    values of them (rescaled to mean 1), so every grid label counts alike in the loss.
+    """
+    w = np.asarray(part[weight[0]], dtype=np.float64) if weight else None
+    if balance:
+        _, label, count = np.unique(
+            np.stack([part[k] for k in balance], 1), axis=0, return_inverse=True, return_counts=True
+        )
+        share = len(label) / (len(count) * count[label.reshape(-1)])
+        w = share if w is None else w * share
+    keep = w > 0 if w is not None else np.ones(len(part[context[0]]), dtype=bool)
     x = torch.as_tensor(np.stack([part[k][keep] for k in target], 1), dtype=torch.float32)
     c = torch.as_tensor(np.stack([part[k][keep] for k in context], 1), dtype=torch.float32)
-    if weight:
-        return x, c, torch.as_tensor(part[weight[0]][keep], dtype=torch.float32)
+    if w is not None:
+        return x, c, torch.as_tensor(w[keep], dtype=torch.float32)
     return x, c
 
 
