@@ -6,9 +6,9 @@ a separate pass over the whole block (normalizing K widths and heights, cumulati
 searching the bin, gathering its knots, the root formula): some 30 passes, memory-bound. Here
 one loop does all of it per value while the value's parameters sit in cache. The arithmetic
 is zuko's (``MonotonicRQSTransform``: soft-clamped parameters, softmax widths and heights,
-exp derivatives, knots at ``bound (2 c_j / c_K - 1)``) and the root the same
-cancellation-free form as :class:`detlearn.models.flows._BinarySearchRQS`; exponentials in
-the parameters' precision, knots and root in float64.
+exp derivatives, knots at ``bound (2 c_j / c_K - 1)``) and the bin algebra
+(:func:`rqs_coefficients`, :func:`rqs_root`) the same definitions the PyTorch path calls;
+exponentials in the parameters' precision, knots and root in float64.
 
 - :func:`inverse_per_value`: one spline per value, from its raw conditioner outputs;
 - :func:`inverse_piecewise`: the same, the conditioner being a piecewise-affine function of
@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 import numba
 import numpy as np
 
-__all__ = ["inverse_per_value", "inverse_piecewise", "inverse_shared"]
+__all__ = [
+    "inverse_per_value",
+    "inverse_piecewise",
+    "inverse_shared",
+    "rqs_coefficients",
+    "rqs_root",
+]
 
 # Values per parallel work item (each item allocates its scratch once).
 _BLOCK = 4096
@@ -33,13 +40,34 @@ _BLOCK = 4096
 _LOCK = threading.Lock()
 
 
-@numba.njit(inline="always")
-def _root(y, y0, x0, w, a, dd, e, s):  # pragma: no cover - compiled
+def rqs_coefficients(x0: Any, x1: Any, y0: Any, y1: Any, d0: Any, d1: Any) -> tuple[Any, ...]:
+    """A bin's inverse coefficients (y_k, x_k, w_k, a_k, D_k, E_k, s_k) from its knots.
+
+    Plain arithmetic, so one definition serves PyTorch tensors (eager sampling) and, compiled,
+    the kernels below.
+    """
+    w, dy = x1 - x0, y1 - y0
+    s = dy / w
+    return y0, x0, w, dy * (s - d0), d0 + d1 - 2 * s, dy * d0, s
+
+
+def rqs_root(y: Any, y0: Any, x0: Any, w: Any, a: Any, dd: Any, e: Any, s: Any) -> Any:
+    r"""The inverse x of y in the bin of coefficients (:func:`rqs_coefficients`).
+
+    zuko's root (Durkan et al. 2019, eq. 29) without cancellation: with
+    :math:`\delta = y - y_k`, :math:`t = \delta D_k`, :math:`b = E_k - t`,
+
+    .. math:: x = x_k + w_k \frac{2 s_k \delta}{b + \sqrt{b^2 + 4 (a_k + t) s_k \delta}}
+    """
     delta = y - y0
     t = delta * dd
     b = e - t
     sd = s * delta
-    return x0 + w * (2 * sd / (b + math.sqrt(b * b + 4 * (a + t) * sd)))
+    return x0 + w * (2 * sd / (b + (b * b + 4 * (a + t) * sd) ** 0.5))
+
+
+_coefficients = numba.njit(inline="always")(rqs_coefficients)
+_root = numba.njit(inline="always")(rqs_root)
 
 
 @numba.njit(inline="always", fastmath=True)
@@ -68,9 +96,8 @@ def _invert(p, y, bins, bound, scale, e, c):  # pragma: no cover - compiled
     d1 = 0.0 if k == bins - 1 else float(p[2 * bins + k])
     d0 = math.exp(d0 / (1 + abs(d0) * scale / 2))
     d1 = math.exp(d1 / (1 + abs(d1) * scale / 2))
-    w, dy = x1 - x0, y1 - y0
-    s = dy / w
-    return _root(y, y0, x0, w, dy * (s - d0), d0 + d1 - 2 * s, dy * d0, s)
+    k0, k1, k2, k3, k4, k5, k6 = _coefficients(x0, x1, y0, y1, d0, d1)
+    return _root(y, k0, k1, k2, k3, k4, k5, k6)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -176,8 +203,7 @@ def inverse_shared(knots: np.ndarray, table: np.ndarray, y: np.ndarray) -> np.nd
     """The spline inverse of values ``y`` [R, n], row r's values under row r's spline.
 
     ``knots`` [R, K + 1] are each spline's vertical knots and ``table`` [R K, 7] the per-bin
-    inverse coefficients (y_k, x_k, w_k, a_k, D_k, E_k, s_k) of
-    :meth:`detlearn.models.flows._BinarySearchRQS._coefficients`, row r's bins at r K ... .
+    inverse coefficients of :func:`rqs_coefficients`, row r's bins at r K ... .
     Values outside (knots[r, 0], knots[r, K]] map to themselves.
     """
     out = np.empty_like(y)

@@ -130,12 +130,8 @@ class _BinarySearchRQS(zuko.transforms.MonotonicRQSTransform):
       seven inverse coefficients in one row of a per-bin table, built once per transform;
     - for one spline per value, gather that bin's knots.
 
-    The algebra is zuko's (Durkan et al. 2019, eq. 29), the root written without cancellation:
-    with :math:`\delta = y - y_k`, :math:`s_k = (y_{k+1} - y_k) / w_k`,
-    :math:`D_k = d_k + d_{k+1} - 2 s_k`, :math:`a = (y_{k+1} - y_k)(s_k - d_k) + \delta D_k`
-    and :math:`b = (y_{k+1} - y_k) d_k - \delta D_k`,
-
-    .. math:: x = x_k + w_k \frac{2 s_k \delta}{b + \sqrt{b^2 + 4 a s_k \delta}}
+    The bin algebra is zuko's (Durkan et al. 2019, eq. 29), the root written without
+    cancellation (:func:`._spline_kernels.rqs_root`, shared with the compiled kernels).
 
     Traced calls (ONNX export) keep zuko's form.
     """
@@ -148,15 +144,6 @@ class _BinarySearchRQS(zuko.transforms.MonotonicRQSTransform):
             return zuko.transforms.MonotonicRQSTransform.searchsorted(seq, value)
         return torch.searchsorted(seq.squeeze(-2), value)
 
-    @staticmethod
-    def _coefficients(
-        x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, d0: Tensor, d1: Tensor
-    ) -> tuple[Tensor, ...]:
-        """A bin's inverse coefficients y_k, x_k, w_k, a_k, D_k, E_k, s_k from its knots."""
-        w, dy = x1 - x0, y1 - y0
-        s = dy / w
-        return y0, x0, w, dy * (s - d0), d0 + d1 - 2 * s, dy * d0, s
-
     def _inverse(self, y: Tensor) -> Tensor:
         if torch.jit.is_tracing():
             return super()._inverse(y)
@@ -164,7 +151,7 @@ class _BinarySearchRQS(zuko.transforms.MonotonicRQSTransform):
         shared = v.shape[:-1] != y.shape
         if shared and self._table is None:
             knots = (h[..., :-1], h[..., 1:], v[..., :-1], v[..., 1:], d[..., :-1], d[..., 1:])
-            cols = self._coefficients(*knots)
+            cols = kernels.rqs_coefficients(*knots)
             self._table = torch.stack(cols, dim=-1).reshape(-1, len(cols))
         if shared and _compiled(y, self._table):
             knots = v.reshape(-1, self.bins + 1).contiguous().numpy()
@@ -178,20 +165,16 @@ class _BinarySearchRQS(zuko.transforms.MonotonicRQSTransform):
             kk = torch.stack((k, k + 1), dim=-1)
             knots = (t.gather(-1, kk).unbind(-1) for t in (h, v, d))
             (x0, x1), (y0, y1), (d0, d1) = knots
-            y0, x0, w, a, dd, e, s = self._coefficients(x0, x1, y0, y1, d0, d1)
+            coef = kernels.rqs_coefficients(x0, x1, y0, y1, d0, d1)
         else:  # a spline shared by many values: look its bin up in the per-bin table
             lead = v.shape[:-1]
             first = torch.arange(0, lead.numel() * self.bins, self.bins, device=y.device)
             row = k + first.view(lead)
-            coef = self._table.index_select(0, row.flatten()).view(*row.shape, -1)
-            y0, x0, w, a, dd, e, s = coef.unbind(-1)
-        # Outside the spline domain the map is the identity; zero keeps that branch finite.
-        delta = (y - y0) * inside
-        t = delta * dd
-        b = e - t
-        sd = s * delta
-        xi = 2 * sd / (b + torch.addcmul(b * b, a + t, sd, value=4).sqrt())
-        return torch.where(inside, torch.addcmul(x0, xi, w), y)
+            coef = self._table.index_select(0, row.flatten()).view(*row.shape, -1).unbind(-1)
+        # Outside the spline domain the map is the identity; evaluating the bin at its own
+        # knot there keeps the discarded branch finite (and its gradient).
+        y_in = torch.where(inside, y, coef[0])
+        return torch.where(inside, kernels.rqs_root(y_in, *coef), y)
 
 
 # zuko's spline domain [-bound, bound] and its bound on the log-derivatives and bin sizes.
