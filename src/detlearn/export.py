@@ -173,14 +173,8 @@ def faithful_regressor_onnx(model: Regressor, x: np.ndarray) -> tuple[bytes, dic
     for fold_center in (True, False):
         graph = regressor_onnx_model(model, fold_center).SerializeToString()
         session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-        diff = np.abs(session.run(None, {"inputs": x})[0] - want)
-        parity = {
-            "parity_max_abs": float(diff.max()),
-            "parity_max_rel": float((diff / np.maximum(np.abs(want), 1e-6)).max()),
-            "parity_max_scaled": float(diff.max() / (REGRESSOR_PARITY * scale)),
-            "parity_rows": len(x),
-            "center_folded": fold_center,
-        }
+        got = session.run(None, {"inputs": x})[0]
+        parity = _parity(got, want, REGRESSOR_PARITY * scale) | {"center_folded": fold_center}
         if parity["parity_max_scaled"] <= 1:
             return graph, parity
     raise DetlearnError(
@@ -270,6 +264,18 @@ def _export_regressor(run_dir: Path, out: Path, rows: int) -> dict[str, Any]:
     return sidecar
 
 
+def _parity(got: np.ndarray, want: np.ndarray, tolerance: Any) -> dict[str, float]:
+    """The sidecar's parity record of outputs ``got`` against ``want``; ``tolerance`` (a scalar
+    or per value) is the criterion's unit of ``parity_max_scaled`` (faithful when <= 1)."""
+    diff = np.abs(got - want)
+    return {
+        "parity_max_abs": float(diff.max()),
+        "parity_max_rel": float((diff / np.maximum(np.abs(want), 1e-6)).max()),
+        "parity_max_scaled": float((diff / tolerance).max()),
+        "parity_rows": len(want),
+    }
+
+
 def check_parity(
     onnx_path: Path, flow: Any, noise: np.ndarray, context: np.ndarray
 ) -> dict[str, float]:
@@ -280,13 +286,7 @@ def check_parity(
     got = session.run(["sample"], {"noise": noise, "context": context})[0]
     with torch.no_grad():
         want = flow.sample_from_noise(torch.from_numpy(noise), torch.from_numpy(context)).numpy()
-    diff = np.abs(got - want)
-    return {
-        "parity_max_abs": float(diff.max()),
-        "parity_max_rel": float((diff / np.maximum(np.abs(want), 1e-6)).max()),
-        "parity_max_scaled": float((diff / (PARITY_ATOL + PARITY_RTOL * np.abs(want))).max()),
-        "parity_rows": len(noise),
-    }
+    return _parity(got, want, PARITY_ATOL + PARITY_RTOL * np.abs(want))
 
 
 def export_run(
