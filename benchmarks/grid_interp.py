@@ -12,7 +12,7 @@ every held-out label with ``--samples`` draws (model, sim, sim2 each) and time
 training; the time reported is the training wall time, with whether the goal was met.
 
 Run: .venv/bin/python benchmarks/grid_interp.py [--events 20000] [--minutes 15] [--quick]
-     [--epochs N] [--patience N] [--balance]   (training overrides, for experiments)
+     [--epochs N] [--patience N] [--batch N] [--balance]   (training overrides, for experiments)
      .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
 ``--quick``: a 4 x 4 grid, one epoch, few samples: checks the script, measures nothing.
 """
@@ -66,6 +66,7 @@ def main() -> None:
         "--balance", action="store_true", help="training.balance over the two labels"
     )
     parser.add_argument("--patience", type=int, default=None, help="override training.patience")
+    parser.add_argument("--batch", type=int, default=None, help="override training.batch_size")
     parser.add_argument("--samples", type=int, default=OPTIONS["samples"], help="per label")
     parser.add_argument("--out", type=Path, default=None, help="keep the run here")
     parser.add_argument("--quick", action="store_true", help="tiny grid: check the script runs")
@@ -86,6 +87,8 @@ def main() -> None:
         overrides["training"]["balance"] = ["label_phi", "label_omega"]
     if args.patience is not None:
         overrides["training"]["patience"] = args.patience
+    if args.batch is not None:
+        overrides["training"]["batch_size"] = args.batch
     n_rate = 1_000_000
     if args.quick:
         overrides["simulate"] = {

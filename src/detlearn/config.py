@@ -162,6 +162,20 @@ class FlowConfig(_Strict):
     passes: int | None = Field(
         None, description="autoregressive passes: null fully autoregressive, 2 coupling"
     )
+    log_context: list[str] = Field(
+        default_factory=list,
+        description=(
+            "context columns (> 0) the network sees as log(c): labels spanning decades, "
+            "such as generated masses, whose effects scale with c"
+        ),
+    )
+    relative_to: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "target -> context column (> 0): the flow models the target in units of it, "
+            "x / c (bounds scale alike), e.g. a reconstructed mass relative to the generated one"
+        ),
+    )
 
 
 class RegressorConfig(_Strict):

@@ -36,7 +36,7 @@ def make_flow(kind: str, supports: list[str], seed: int = 0, **cfg: object) -> C
     flow = ConditionalFlow(len(supports), CONTEXT, config, lower, upper)
     y = 1.5 * torch.randn(500, len(supports)) + 0.5
     c = 2.0 * torch.randn(500, CONTEXT) + 1.0
-    flow.fit_normalization(flow._unsupport(y), c)
+    flow.fit_normalization(flow._unsupport(y, c), c)
     return flow
 
 
@@ -120,8 +120,9 @@ def test_sample_inverse_round_trip(kind, supports):
 
 def test_support_and_standardization_logdet_matches_autograd():
     flow = make_flow("nsf", MIXED).double()
-    x = flow._unsupport(torch.randn(50, 4, dtype=torch.float64)).requires_grad_()
-    u, ladj = flow._to_flow_space(x)
+    c = torch.randn(50, CONTEXT, dtype=torch.float64)
+    x = flow._unsupport(torch.randn(50, 4, dtype=torch.float64), c).requires_grad_()
+    u, ladj = flow._to_flow_space(x, c)
     jac = torch.stack(
         [torch.autograd.grad(u[:, j].sum(), x, retain_graph=True)[0] for j in range(4)], dim=1
     )  # [N, F(u), F(x)], diagonal for an element-wise map
@@ -318,8 +319,9 @@ def test_standardization_spreads_the_training_range_over_the_spline_domain():
     flow = make_flow("nsf", ["lower"])
     y = torch.cat([torch.randn(9000) * 0.3 + 1.0, torch.randn(1000) * 2.0 - 8.0])
     x = 1.5 + y.exp()[:, None]
-    flow.fit_normalization(x, torch.randn(len(x), CONTEXT))
-    u, _ = flow._to_flow_space(x)
+    c = torch.randn(len(x), CONTEXT)
+    flow.fit_normalization(x, c)
+    u, _ = flow._to_flow_space(x, c)
     q = torch.quantile(u.double(), torch.tensor([1e-4, 1 - 1e-4], dtype=torch.float64))
     torch.testing.assert_close(q, torch.tensor([-4.5, 4.5], dtype=torch.float64), atol=1e-3, rtol=0)
 
@@ -386,3 +388,110 @@ def test_sampling_from_several_threads_at_once_gives_the_sequential_samples():
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(draw, range(8)))
     assert all(torch.equal(x, draw(i)) for i, x in enumerate(parallel))
+
+
+# ---- targets relative to a context column, log contexts (relative_to, log_context) -----------
+
+RELATIVE = {"x0": "c0", "x1": "c1", "x2": "c0", "x3": "c1"}  # every support kind of MIXED
+
+
+def make_relative_flow(kind: str) -> tuple[ConditionalFlow, torch.Tensor]:
+    """A MIXED-support flow whose four targets are relative to the two (positive) contexts,
+    the network seeing log(c0), and positive contexts spanning decades (like generated masses)."""
+    torch.manual_seed(0)
+    lower = [SUPPORTS[s][0] for s in MIXED]
+    upper = [SUPPORTS[s][1] for s in MIXED]
+    config = FlowConfig(
+        kind=kind, hidden=[16, 16], transforms=2, bins=6, relative_to=RELATIVE, log_context=["c0"]
+    )
+    flow = ConditionalFlow(4, CONTEXT, config, lower, upper)
+    c = torch.exp(1.5 * torch.randn(500, CONTEXT))
+    flow.fit_normalization(flow._unsupport(1.5 * torch.randn(500, 4) + 0.5, c), c)
+    return flow, c
+
+
+def test_relative_target_is_modelled_in_units_of_its_context_column():
+    flow, _ = make_relative_flow("nsf")
+    x = torch.tensor([[0.3, 2.5, -3.0, 1.0]], dtype=torch.float64)
+    c = torch.tensor([[2.0, 4.0]], dtype=torch.float64)
+    y, ladj = flow.double()._support(x, c)
+    # x0 / c0; log((x1 - 1.5) / c1); -log((-2 - x2) / c0); the two-sided logit is scale-free.
+    expected = [0.15, math.log(1.0 / 4.0), -math.log(1.0 / 2.0), math.log(2.0 / 2.0)]
+    torch.testing.assert_close(y[0], torch.tensor(expected, dtype=torch.float64))
+    plain = ConditionalFlow(4, CONTEXT, FlowConfig(), flow.lower, flow.upper).double()
+    # Only the unbounded target's Jacobian changes (1 / c0); the log maps keep theirs.
+    torch.testing.assert_close(ladj, plain._support(x, c)[1] - math.log(2.0))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_relative_targets_round_trip_logdet_support_onnx_and_reload(kind, tmp_path):
+    flow, c = make_relative_flow(kind)
+    c = c[:64]
+    z = torch.randn(64, 4).clamp(-3, 3)
+    with torch.no_grad():
+        x = flow.sample_from_noise(z, c)
+        torch.testing.assert_close(flow.latent(x, c), z, atol=1e-4, rtol=1e-4)
+    assert in_support(flow, x)
+    # sample() broadcasts each context row over its samples
+    drawn = flow.sample(c[:3], 100, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn((3, 100, 4), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = flow.sample_from_noise(noise.reshape(-1, 4), c[:3].repeat_interleave(100, 0))
+    torch.testing.assert_close(drawn, ref.view(3, 100, 4), atol=1e-5, rtol=1e-4)
+
+    f64 = make_relative_flow(kind)[0].double()
+    xd = f64._unsupport(torch.randn(40, 4, dtype=torch.float64), c[:40].double())
+    xd.requires_grad_()
+    u, ladj = f64._to_flow_space(xd, c[:40].double())
+    jac = torch.stack(
+        [torch.autograd.grad(u[:, j].sum(), xd, retain_graph=True)[0] for j in range(4)], 1
+    )
+    torch.testing.assert_close(ladj, torch.logdet(jac))
+
+    path = export_sampler_onnx(flow, tmp_path / "sampler.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"noise": z.numpy(), "context": c.numpy()})
+    np.testing.assert_allclose(out, x.numpy(), rtol=1e-5, atol=1e-5)
+
+    save_model(flow, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.spec()["flow"]["relative_to"] == RELATIVE
+    assert loaded.spec()["flow"]["log_context"] == ["c0"]
+    torch.testing.assert_close(loaded.log_prob(x, c), flow.log_prob(x, c), atol=0, rtol=0)
+
+
+def test_relative_to_names_and_a_non_positive_context_are_errors():
+    with pytest.raises(DetlearnError, match=r"'x9' is not a target; targets: x0, x1"):
+        ConditionalFlow(2, CONTEXT, FlowConfig(relative_to={"x9": "c0"}))
+    with pytest.raises(DetlearnError, match=r"'cc0' is not a context column \(did you mean 'c0'"):
+        ConditionalFlow(2, CONTEXT, FlowConfig(relative_to={"x0": "cc0"}))
+    flow = ConditionalFlow(1, CONTEXT, FlowConfig(relative_to={"x0": "c1"}), lower=[0.0])
+    c = torch.tensor([[1.0, 2.0], [1.0, 0.0], [1.0, -1.0]])
+    x = torch.ones(3, 1)
+    with pytest.raises(
+        DetlearnError, match="'x0' is relative_to context 'c1', which has 2 values <= 0"
+    ):
+        flow.fit_normalization(x, c)
+    lp = flow.log_prob(x, c)
+    assert torch.isfinite(lp[0]) and torch.isinf(lp[1:]).all()
+
+
+def test_log_context_is_standardized_in_log_space_and_must_be_positive():
+    flow, c = make_relative_flow("nsf")
+    log_c0 = torch.log(c[:, 0].double())
+    torch.testing.assert_close(flow.c_mean[0].double(), log_c0.mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flow.c_std[0].double(), log_c0.std(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flow.c_mean[1].double(), c[:, 1].double().mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        flow._context(c)[:, 0], (torch.log(c[:, 0]) - flow.c_mean[0]) / flow.c_std[0]
+    )
+    with pytest.raises(
+        DetlearnError, match=r"'ctx' is not a context column; context columns: c0, c1"
+    ):
+        ConditionalFlow(1, CONTEXT, FlowConfig(log_context=["ctx"]))
+    plain = ConditionalFlow(1, CONTEXT, FlowConfig(log_context=["c1"]))
+    c = torch.tensor([[-1.0, 2.0], [1.0, 0.0]])
+    with pytest.raises(
+        DetlearnError, match=r"context 'c1' is in model\.flow\.log_context but has 1"
+    ):
+        plain.fit_normalization(torch.ones(2, 1), c)

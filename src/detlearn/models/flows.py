@@ -15,6 +15,11 @@ A :class:`ConditionalFlow` is three maps in a row, from a physical target ``x`` 
    ============  ===========================  =======================================
 
    Every map is increasing, so for one target the PIT ``u = Phi(z)`` is the model's CDF.
+   A target with ``relative_to`` a context column c (> 0) is first divided by c, its bounds
+   alike: ``log((x - a) / c)``, ``x / c`` unbounded. Where a label sets a target's scale (a
+   reconstructed mass and the generated one) every label's peak then sits at the same place
+   with the same width in flow space, and the flow learns one shape that varies gently with
+   the label instead of a peak that moves and narrows across the whole standardized range.
    ``log`` (not the softplus inverse) is used for one-sided bounds because detector
    quantities such as photon delays span decades with long tails: the log brings those tails
    inside the spline domain, whereas softplus is linear far from the bound and would leave the
@@ -69,6 +74,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import warnings
@@ -380,6 +386,10 @@ class ConditionalFlow(torch.nn.Module):
         names: optional names of the target features (used in messages and the spec).
         context_names: optional names of the context features.
 
+    ``cfg.relative_to`` (target name -> context name) models those targets in units of a
+    context column (see the module docstring); the names must be among ``names`` and
+    ``context_names``.
+
     ``maf`` uses zuko's affine ``MonotonicAffineTransform``, whose log-scale is soft-bounded,
     ``a / (1 + |a| / ln 1000)`` within +-6.9, the role FEDHEX's tanh clamp played. ``realnvp``
     is the same affine transform in coupling form (two autoregressive passes, the conditioned
@@ -422,6 +432,13 @@ class ConditionalFlow(torch.nn.Module):
         # Innermost representable values, so clamped samples stay strictly inside the support.
         self._lo_in = [None if lo is None else _inside(lo, math.inf) for lo in self.lower]
         self._hi_in = [None if hi is None else _inside(hi, -math.inf) for hi in self.upper]
+        self._relative = self._relative_indices(cfg.relative_to)
+        self._log_context = [
+            self.context_names.index(
+                self._check_name(n, self.context_names, "log_context", "context column")
+            )
+            for n in cfg.log_context
+        ]
 
         self.register_buffer("x_mean", torch.zeros(features))
         self.register_buffer("x_std", torch.ones(features))
@@ -439,6 +456,36 @@ class ConditionalFlow(torch.nn.Module):
             if v is not None and not math.isfinite(v):
                 raise DetlearnError(f"target '{name}': {which} bound must be finite or null")
         return out
+
+    @staticmethod
+    def _check_name(name: str, valid: list[str], key: str, what: str) -> str:
+        """``name`` if it is in ``valid``, else an error naming ``model.flow.<key>``."""
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DetlearnError(
+                f"model.flow.{key}: '{name}' is not a {what}{hint}; {what}s: {', '.join(valid)}"
+            )
+        return name
+
+    def _relative_indices(self, relative_to: dict[str, str]) -> list[int | None]:
+        """Per target, the index of the context column it is measured in units of, or None."""
+        out: list[int | None] = [None] * self.features
+        for target, ctx in relative_to.items():
+            j = self.names.index(self._check_name(target, self.names, "relative_to", "target"))
+            out[j] = self.context_names.index(
+                self._check_name(ctx, self.context_names, "relative_to", "context column")
+            )
+        return out
+
+    def _log_scale(self, c: Tensor) -> Tensor | None:
+        """log of each target's unit [..., F] from the physical context c [..., C] (0: none)."""
+        if all(k is None for k in self._relative):
+            return None
+        zero = torch.zeros_like(c[..., 0])
+        return torch.stack(
+            [zero if k is None else torch.log(c[..., k]) for k in self._relative], dim=-1
+        )
 
     @staticmethod
     def _build(features: int, context: int, cfg: FlowConfig) -> zuko.flows.Flow:
@@ -489,11 +536,18 @@ class ConditionalFlow(torch.nn.Module):
 
     # ---- fixed maps: support and standardization ------------------------------------------
 
-    def _support(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Physical x [N, F] -> unbounded y [N, F] and sum_j log|dy_j/dx_j| [N]."""
+    def _support(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Physical x [N, F] (context c [N, C]) -> unbounded y [N, F], sum_j log|dy_j/dx_j| [N].
+
+        A relative target's unit c_k shifts a one-sided log map by -+log c_k (its Jacobian
+        unchanged) and divides an unbounded target (Jacobian 1 / c_k); a two-sided map is
+        scale-free.
+        """
         ys, ladj = [], torch.zeros_like(x[:, 0])
+        log_c = self._log_scale(c)
         for j in range(self.features):
             xj, lo, hi = x[:, j], self.lower[j], self.upper[j]
+            lc = None if log_c is None or self._relative[j] is None else log_c[:, j]
             # Clamping first keeps log() finite (and its gradient NaN-free) for points on or
             # outside a bound; log_prob masks those points to -inf afterwards.
             if lo is not None:
@@ -501,14 +555,16 @@ class ConditionalFlow(torch.nn.Module):
             if hi is not None:
                 xj = xj.clamp(max=self._hi_in[j])
             if lo is None and hi is None:
+                if lc is not None:
+                    xj, ladj = xj * torch.exp(-lc), ladj - lc
                 ys.append(xj)
             elif hi is None:
                 log_d = torch.log(xj - lo)
-                ys.append(log_d)
+                ys.append(log_d if lc is None else log_d - lc)
                 ladj = ladj - log_d
             elif lo is None:
                 log_d = torch.log(hi - xj)
-                ys.append(-log_d)
+                ys.append(-log_d if lc is None else lc - log_d)
                 ladj = ladj - log_d
             else:
                 log_a, log_b = torch.log(xj - lo), torch.log(hi - xj)
@@ -516,16 +572,21 @@ class ConditionalFlow(torch.nn.Module):
                 ladj = ladj + math.log(hi - lo) - log_a - log_b
         return torch.stack(ys, dim=-1), ladj
 
-    def _unsupport(self, y: Tensor) -> Tensor:
-        """Inverse of :meth:`_support` on [..., F]; the result is strictly inside the support."""
+    def _unsupport(self, y: Tensor, c: Tensor) -> Tensor:
+        """Inverse of :meth:`_support`: y [..., F] with c [..., C] broadcastable to it -> x,
+        strictly inside the support."""
         xs = []
+        log_c = self._log_scale(c)
         for j in range(self.features):
             yj, lo, hi = y[..., j], self.lower[j], self.upper[j]
+            lc = None if log_c is None or self._relative[j] is None else log_c[..., j]
             if lo is None and hi is None:
-                xs.append(yj)
+                xs.append(yj if lc is None else yj * torch.exp(lc))
             elif hi is None:
+                yj = yj if lc is None else yj + lc
                 xs.append((lo + torch.exp(yj.clamp(max=_MAX_LOG))).clamp(min=self._lo_in[j]))
             elif lo is None:
+                yj = yj if lc is None else yj - lc
                 xs.append((hi - torch.exp((-yj).clamp(max=_MAX_LOG))).clamp(max=self._hi_in[j]))
             else:
                 # Measure from the nearer bound: sigmoid(y) -> 1 loses the digits near `hi`.
@@ -536,25 +597,36 @@ class ConditionalFlow(torch.nn.Module):
                 xs.append(xj.clamp(min=self._lo_in[j], max=self._hi_in[j]))
         return torch.stack(xs, dim=-1)
 
-    def _outside(self, x: Tensor) -> Tensor:
-        """Boolean [N, F]: the value is not finite or not strictly inside its bounds."""
+    def _outside(self, x: Tensor, c: Tensor) -> Tensor:
+        """Boolean [N, F]: the value is not finite or not strictly inside its bounds, or the
+        context column it is relative to is not > 0."""
         bad = ~torch.isfinite(x)
         for j in range(self.features):
+            if self._relative[j] is not None:
+                bad[:, j] |= ~(c[:, self._relative[j]] > 0)
             if self.lower[j] is not None:
                 bad[:, j] |= x[:, j] <= self.lower[j]
             if self.upper[j] is not None:
                 bad[:, j] |= x[:, j] >= self.upper[j]
         return bad
 
-    def _to_flow_space(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Physical x [N, F] -> standardized u [N, F] and log|du/dx| [N]."""
-        y, ladj = self._support(x.to(self.x_mean))
+    def _to_flow_space(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Physical x [N, F] (context c [N, C]) -> standardized u [N, F] and log|du/dx| [N]."""
+        y, ladj = self._support(x.to(self.x_mean), c.to(self.x_mean))
         u = (y - self.x_mean) / self.x_std
         return u, ladj - torch.log(self.x_std).sum()
 
+    def _network_context(self, c: Tensor) -> Tensor:
+        """Physical c [..., C] -> what the network's standardization sees (``log_context``)."""
+        if not self._log_context:
+            return c
+        log = torch.zeros(self.context, dtype=torch.bool, device=c.device)
+        log[self._log_context] = True
+        return torch.where(log, torch.log(c), c)
+
     def _context(self, c: Tensor) -> Tensor:
         # Accept float64 (numpy) contexts: the network's dtype and device decide.
-        return (c.to(self.c_mean) - self.c_mean) / self.c_std
+        return (self._network_context(c.to(self.c_mean)) - self.c_mean) / self.c_std
 
     @torch.no_grad()
     def fit_normalization(self, x: Tensor, c: Tensor) -> None:
@@ -572,7 +644,19 @@ class ConditionalFlow(torch.nn.Module):
         x, c = torch.as_tensor(x), torch.as_tensor(c)
         self._check_shapes(x, c)
         x, c = x.to(self.x_mean), c.to(self.c_mean)
-        bad = self._outside(x)
+        for j, k in enumerate(self._relative):
+            if k is not None and not bool((c[:, k] > 0).all()):
+                raise DetlearnError(
+                    f"target '{self.names[j]}' is relative_to context '{self.context_names[k]}', "
+                    f"which has {int((~(c[:, k] > 0)).sum())} values <= 0 or NaN (must be > 0)"
+                )
+        for k in self._log_context:
+            if not bool((c[:, k] > 0).all()):
+                raise DetlearnError(
+                    f"context '{self.context_names[k]}' is in model.flow.log_context but has "
+                    f"{int((~(c[:, k] > 0)).sum())} values <= 0 or NaN (must be > 0)"
+                )
+        bad = self._outside(x, c)
         if bad.any():
             j = int(bad.any(dim=0).nonzero()[0])
             raise DetlearnError(
@@ -581,10 +665,10 @@ class ConditionalFlow(torch.nn.Module):
             )
         if not torch.isfinite(c).all():
             raise DetlearnError("context has non-finite values")
-        y = self._support(x)[0].double().cpu().numpy()
+        y = self._support(x, c)[0].double().cpu().numpy()
         lo, hi = torch.from_numpy(np.quantile(y, [_TAIL, 1 - _TAIL], axis=0))
         self._set(self.x_mean, self.x_std, (lo + hi) / 2, (hi - lo) / (2 * _SPAN))
-        c = c.double()
+        c = self._network_context(c.double())
         self._set(self.c_mean, self.c_std, c.mean(dim=0), c.std(dim=0) if len(c) > 1 else None)
 
     @staticmethod
@@ -592,9 +676,10 @@ class ConditionalFlow(torch.nn.Module):
         center.copy_(value)
         scale.copy_(torch.ones_like(value) if width is None else torch.where(width > 0, width, 1.0))
 
-    def _from_flow_space(self, u: Tensor) -> Tensor:
-        """Standardized u [..., F] -> physical x [..., F], strictly inside the support."""
-        return self._unsupport(u * self.x_std + self.x_mean)
+    def _from_flow_space(self, u: Tensor, c: Tensor) -> Tensor:
+        """Standardized u [..., F] (physical context c [..., C], broadcastable) -> physical
+        x [..., F], strictly inside the support."""
+        return self._unsupport(u * self.x_std + self.x_mean, c.to(self.x_mean))
 
     def _check_shapes(self, x: Tensor, c: Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.features:
@@ -613,9 +698,9 @@ class ConditionalFlow(torch.nn.Module):
                   + \log|\partial u/\partial x|
         """
         self._check_shapes(x, c)
-        u, ladj = self._to_flow_space(x)
+        u, ladj = self._to_flow_space(x, c)
         lp = self.flow(self._context(c)).log_prob(u) + ladj
-        return torch.where(self._outside(x).any(dim=-1), -math.inf, lp)
+        return torch.where(self._outside(x, c).any(dim=-1), -math.inf, lp)
 
     def loss(self, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
         """Mean negative log-likelihood of a batch ``(x, c)`` or weighted ``(x, c, w)``."""
@@ -652,7 +737,9 @@ class ConditionalFlow(torch.nn.Module):
                 u = z[b : b + rows, start : start + step]
                 for inverse in inverses:
                     u = inverse(u)
-                x[b : b + rows, start : start + step] = self._from_flow_space(u)
+                x[b : b + rows, start : start + step] = self._from_flow_space(
+                    u, c[b : b + rows, None]
+                )
         return x
 
     def sample_from_noise(self, z: Tensor, c: Tensor) -> Tensor:
@@ -662,12 +749,12 @@ class ConditionalFlow(torch.nn.Module):
         """
         self._check_shapes(z, c)
         u = self.flow(self._context(c)).transform.inv(z.to(self.x_mean))
-        return self._from_flow_space(u)
+        return self._from_flow_space(u, c)
 
     def latent(self, x: Tensor, c: Tensor) -> Tensor:
         """The forward map x [N, F] -> z [N, F]; z ~ N(0, 1) if x ~ p(x | c)."""
         self._check_shapes(x, c)
-        u, _ = self._to_flow_space(x)
+        u, _ = self._to_flow_space(x, c)
         return self.flow(self._context(c)).transform(u)
 
     def pit(self, x: Tensor, c: Tensor) -> Tensor:
