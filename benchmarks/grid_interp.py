@@ -11,8 +11,8 @@ every held-out label with ``--samples`` draws (model, sim, sim2 each) and time
 ``Surrogate.sample`` of 10⁶ pairs at one held-out label. The goal is checked once, after
 training; the time reported is the training wall time, with whether the goal was met.
 
-Run: .venv/bin/python benchmarks/grid_interp.py [--events 20000] [--minutes 15] [--quick]
-     [--epochs N] [--patience N] [--batch N] [--balance]   (training overrides, for experiments)
+Run: .venv/bin/python benchmarks/grid_interp.py [--events 100000] [--minutes 15] [--quick]
+     [--epochs N] [--patience N] [--batch N] [--no-balance]   (training overrides, for experiments)
      .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
 ``--quick``: a 4 x 4 grid, one epoch, few samples: checks the script, measures nothing.
 """
@@ -59,11 +59,11 @@ def generation_rate(s: Surrogate, label: np.ndarray, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000, help="events per grid point")
+    parser.add_argument("--events", type=int, default=100_000, help="events per grid point")
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget [min]")
     parser.add_argument("--epochs", type=int, default=None, help="override training.max_epochs")
     parser.add_argument(
-        "--balance", action="store_true", help="training.balance over the two labels"
+        "--no-balance", action="store_true", help="training.balance off (rows weigh alike)"
     )
     parser.add_argument("--patience", type=int, default=None, help="override training.patience")
     parser.add_argument("--batch", type=int, default=None, help="override training.batch_size")
@@ -83,8 +83,8 @@ def main() -> None:
     overrides: dict = {"training": {"max_minutes": args.minutes}}
     if args.epochs is not None:
         overrides["training"]["max_epochs"] = args.epochs
-    if args.balance:
-        overrides["training"]["balance"] = ["label_phi", "label_omega"]
+    if args.no_balance:
+        overrides["training"]["balance"] = []
     if args.patience is not None:
         overrides["training"]["patience"] = args.patience
     if args.batch is not None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from detlearn.evaluation.latency import latency_curves, latency_per_row
+from detlearn.evaluation.latency import cpu_steal_s, latency_curves, latency_per_row
 
 
 def test_curves_time_every_runtime_at_every_batch_and_see_a_per_call_cost():
@@ -32,3 +35,14 @@ def test_curves_time_every_runtime_at_every_batch_and_see_a_per_call_cost():
     for r in curves["sum"]:
         assert r["ns_per_row_p16"] <= r["ns_per_row"] <= r["ns_per_row_p84"]
     assert [r["batch"] for r in latency_per_row(summing, x, [16], trials=1)] == [16]
+    for rows in curves.values():
+        for r in rows:
+            assert math.isnan(r["steal"]) or 0.0 <= r["steal"] <= 1.0
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc/stat (not Linux)")
+def test_cpu_steal_is_a_non_decreasing_number_of_seconds():
+    first = cpu_steal_s()
+    assert first is not None and first >= 0.0
+    time.sleep(0.05)
+    assert cpu_steal_s() >= first

@@ -5,7 +5,8 @@ then ``trials`` timed trials, each of enough back-to-back calls to last ≥ ``mi
 small batches are not below the clock's resolution), runtimes interleaved over ``rounds``, and
 reports the median and the 16–84 % spread of the per-row time in nanoseconds;
 :func:`latency_per_row` is the one-runtime case. :func:`plot_latency` draws the curves
-(``timing.png``).
+(``timing.png``). :func:`cpu_steal_s` reads the time the hypervisor took from a virtual
+machine's CPUs: a latency measured while it is high measured the neighbours.
 
 Example:
     >>> import numpy as np
@@ -17,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +27,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["latency_curves", "latency_per_row", "plot_latency"]
+__all__ = ["cpu_steal_s", "latency_curves", "latency_per_row", "plot_latency"]
+
+
+def cpu_steal_s() -> float | None:
+    """CPU time [s], all CPUs together, taken by the hypervisor since boot ("steal" in
+    ``/proc/stat``: time a virtual CPU was ready to run but another guest had the physical
+    one), or None where the kernel does not report it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def latency_curves(
@@ -58,7 +73,9 @@ def latency_curves(
 
     Returns:
         Runtime name -> one row per batch size: ``batch``, ``ns_per_row`` (median),
-        ``ns_per_row_p16`` and ``ns_per_row_p84`` (spread over trials), ``calls_per_trial``.
+        ``ns_per_row_p16`` and ``ns_per_row_p84`` (spread over trials), ``calls_per_trial``,
+        ``steal`` (the share of the machine's CPU time the hypervisor took during the
+        trials, :func:`cpu_steal_s`; NaN where unknown).
     """
     batches = {}
     for b in batch_sizes:
@@ -68,6 +85,8 @@ def latency_curves(
         )
     calls: dict[tuple[str, int], int] = {}
     per_row: dict[tuple[str, int], list[float]] = {(n, b): [] for n in fns for b in batch_sizes}
+    # (stolen CPU seconds, wall seconds) over the trials of each runtime and batch size
+    steal: dict[tuple[str, int], list[float]] = {k: [0.0, 0.0] for k in per_row}
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(settle_s)
@@ -80,11 +99,16 @@ def latency_curves(
                     single = max(time.perf_counter() - t0, 1e-7)
                     calls[name, b] = max(1, int(np.ceil(min_trial_s / single)))
                 n_calls = calls[name, b]
+                s0, t0 = cpu_steal_s(), time.perf_counter_ns()
                 for _ in range(trials):
-                    t0 = time.perf_counter_ns()
+                    t1 = time.perf_counter_ns()
                     for _ in range(n_calls):
                         fn(x)
-                    per_row[name, b].append((time.perf_counter_ns() - t0) / (n_calls * b))
+                    per_row[name, b].append((time.perf_counter_ns() - t1) / (n_calls * b))
+                s1, wall = cpu_steal_s(), (time.perf_counter_ns() - t0) * 1e-9
+                if s0 is not None and s1 is not None:
+                    steal[name, b][0] += s1 - s0
+                steal[name, b][1] += wall
     curves: dict[str, list[dict[str, float]]] = {}
     for name in fns:
         curves[name] = []
@@ -97,9 +121,17 @@ def latency_curves(
                     "ns_per_row_p16": float(p16),
                     "ns_per_row_p84": float(p84),
                     "calls_per_trial": calls[name, b],
+                    "steal": _steal_share(*steal[name, b]),
                 }
             )
     return curves
+
+
+def _steal_share(stolen_s: float, wall_s: float) -> float:
+    """Stolen CPU time as a share of the machine's CPU time over ``wall_s``."""
+    if cpu_steal_s() is None or wall_s <= 0:
+        return math.nan
+    return stolen_s / (wall_s * (os.cpu_count() or 1))
 
 
 def latency_per_row(

@@ -296,7 +296,12 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             (
                 "per-channel latency [ns]",
                 [
-                    {"batch": b, **{name: c[i]["ns_per_row"] for name, c in timing.items()}}
+                    {
+                        "batch": b,
+                        **{name: c[i]["ns_per_row"] for name, c in timing.items()},
+                        # the hypervisor's share of the CPUs while timed (a VM's slow spells)
+                        "CPU steal [%]": 100 * max(c[i]["steal"] for c in timing.values()),
+                    }
                     for i, b in enumerate(options["timing_batches"])
                 ],
             ),
