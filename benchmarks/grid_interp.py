@@ -33,7 +33,12 @@ from detlearn.config import deep_merge, validate_config
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
 from detlearn.recipes.mass_grid import config_from_options, simulate
-from detlearn.recipes.mass_grid.evaluate import OPTIONS, compare_at_label, heldout_labels
+from detlearn.recipes.mass_grid.evaluate import (
+    OPTIONS,
+    compare_at_label,
+    heldout_labels,
+    train_rows_at,
+)
 from detlearn.run import Surrogate, train
 
 TARGET_RATE = 1e6  # pairs/s
@@ -124,7 +129,10 @@ def main() -> None:
     sim_cfg = config_from_options(cfg.simulate)
     labels = heldout_labels(s.info, sim_cfg)
     t0 = time.perf_counter()
-    rows = [compare_at_label(s, sim_cfg, label, args.samples)[0] for label in labels]
+    rows = [
+        compare_at_label(s, sim_cfg, label, args.samples, train_rows=k)[0]
+        for label, k in zip(labels, train_rows_at(s.info, labels), strict=True)
+    ]
     t_eval = time.perf_counter() - t0
     ok = all(r["pass_mean"] and r["pass_width"] for r in rows)
     print(
@@ -137,11 +145,13 @@ def main() -> None:
             err = np.abs([r[f"{stat}_{f}"] for r in rows])
             base = np.abs([r[f"{stat}_{f}_sim2"] for r in rows])
             floor = np.array([r[f"{stat}_{f}_floor"] for r in rows])
+            data = np.array([r[f"{stat}_{f}_data"] for r in rows])
             print(
                 f"  |Δ {stat:5s} {f:5s}| max {100 * err.max():6.2f} %  median "
                 f"{100 * np.median(err):5.2f} %  (sim2 max {100 * base.max():5.2f} %, "
                 f"floor max {100 * floor.max():5.2f} %), points passing "
-                f"{np.mean(err <= np.maximum(0.01, floor)):.0%}"
+                f"{np.mean(err <= np.maximum(0.01, floor)):.0%}; the training rows at a "
+                f"label pin it to {100 * np.median(data):.2f} % (median)"
             )
     verdict = "met" if ok else "NOT met"
     print(f"goal {verdict} after {t_train:.1f} s of training (budget {args.minutes:g} min)")

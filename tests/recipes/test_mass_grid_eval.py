@@ -101,8 +101,13 @@ def test_evaluate_scores_exactly_the_heldout_labels(trained):
     for r in per_point:
         for f in ("phi", "omega"):
             assert r[f"width_{f}_floor"] > 0 and r[f"mean_{f}_floor"] > 0
+            assert r[f"width_{f}_data"] > 0 and r[f"mean_{f}_data"] > 0
         assert r["energy_sim2"] > 0 and r["kl_error"] > 0
     assert metrics["metrics"]["samples_per_point"] == 2000
+    # The data spread is measured with as many events as training held out at each label.
+    info = json.loads((tmp / "run" / "run.json").read_text())
+    assert sum(r["train_rows"] for r in per_point) == info["holdout"]["rows_held_out"]["train"]
+    assert 0 <= metrics["metrics"]["width_within_data_fraction"] <= 1
 
 
 def test_same_seed_same_samples_after_reload_at_a_heldout_label(trained):

@@ -12,6 +12,11 @@ held-out label, with n = ``evaluation.options.samples`` draws each:
 - the statistical floor of a mean or width error: 2 √2 σ_boot/|value|, σ_boot the bootstrap
   standard deviation of the statistic on sim (two samples of size n, 95 % coverage). A point
   meets the target when |error| ≤ max(``tolerance``, floor) for both features;
+- beside it, for scale, the **data spread**: 2 σ_boot/|value| of the statistic measured on as
+  many simulated events as the training split holds at that label (the rows the holdout
+  removed; read from the run's dataset when it is still there): how well the training data at
+  one label pin the statistic. A model that interpolates within it has learned what its data
+  show; one within a fraction of it has pooled the neighbouring labels. Not a target;
 - the 2-D energy distance (features standardized by sim's standard deviation), model vs sim
   and sim2 vs sim; KL(sim ∥ model) in nats from the exact density (:func:`~.density.log_density`).
 
@@ -49,6 +54,7 @@ __all__ = [
     "compare_at_label",
     "evaluate",
     "heldout_labels",
+    "train_rows_at",
 ]
 
 #: Context (generated masses) and target (reconstructed masses) columns of the recipe [GeV].
@@ -81,10 +87,15 @@ def _rel(value: float, reference: float) -> float:
     return (value - reference) / abs(reference)
 
 
-def _floor(x: np.ndarray, stat: Any, resamples: int, rng: np.random.Generator) -> float:
-    """2 √2 σ_boot / |stat(x)|: the 95 % spread of the relative difference of two samples."""
-    boot = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(resamples)]
-    return 2.0 * math.sqrt(2.0) * float(np.std(boot, ddof=1)) / abs(stat(x))
+def _floor(
+    x: np.ndarray, stat: Any, resamples: int, rng: np.random.Generator, size: int | None = None
+) -> float:
+    """2 √2 σ_boot / |stat(x)|: the 95 % spread of the relative difference of two samples of
+    ``len(x)``; with ``size``, 2 σ_boot / |stat(x)| of one sample of ``size`` drawn from x."""
+    m = len(x) if size is None else size
+    boot = [stat(x[rng.integers(0, len(x), m)]) for _ in range(resamples)]
+    factor = 2.0 * math.sqrt(2.0) if size is None else 2.0
+    return factor * float(np.std(boot, ddof=1)) / abs(stat(x))
 
 
 def compare_at_label(
@@ -96,13 +107,17 @@ def compare_at_label(
     tolerance: float = 0.01,
     bootstrap: int = 20,
     seed: int = 0,
+    train_rows: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], PointSamples]:
     """Surrogate vs simulator at one label (m_Φ, m_ω) [GeV], n draws per sample.
+
+    ``train_rows``: the training split's rows at this label, for the data spread (``*_data``).
 
     Returns:
         ``(row, quantile_rows, samples)``. ``row`` holds per feature f (``phi``, ``omega``)
         ``mean_f`` and ``width_f`` (relative errors, model vs sim), ``*_sim2`` (sim2 vs sim),
-        ``*_floor`` (statistical floor), and ``energy``, ``energy_sim2`` (standardized 2-D
+        ``*_floor`` (statistical floor), ``*_data`` (data spread, with ``train_rows``), and
+        ``energy``, ``energy_sim2`` (standardized 2-D
         energy distance), ``kl``, ``kl_error`` [nats], ``kl_zero_density`` (simulated
         points where the model's density is 0, left out of the KL), ``pass_mean``,
         ``pass_width``.
@@ -127,6 +142,8 @@ def compare_at_label(
             row[f"{name}_{f}"] = _rel(float(stat(m)), ref)
             row[f"{name}_{f}_sim2"] = _rel(float(stat(b)), ref)
             row[f"{name}_{f}_floor"] = _floor(a, stat, bootstrap, rng)
+            if train_rows:
+                row[f"{name}_{f}_data"] = _floor(a, stat, bootstrap, rng, size=train_rows)
             limit = max(tolerance, row[f"{name}_{f}_floor"])
             passes[name] &= abs(row[f"{name}_{f}"]) <= limit
         qa, qm, qb = (np.quantile(s, QUANTILES) for s in (a, m, b))
@@ -178,6 +195,20 @@ def heldout_labels(info: dict[str, Any], sim_cfg: MassGridConfig) -> np.ndarray:
     return labels
 
 
+def train_rows_at(info: dict[str, Any], labels: np.ndarray) -> list[int | None]:
+    """Rows of the run's training split at each label (held out from training), or None per
+    label when the run's dataset is no longer readable."""
+    from detlearn.io.dataset import Dataset
+
+    try:
+        part = Dataset.open(info["dataset"]).load(list(CONTEXT), split="train")
+    except (DetlearnError, OSError, KeyError):
+        return [None] * len(labels)
+    rows = np.stack([part[k] for k in CONTEXT], 1)
+    rtol = info.get("holdout", {}).get("rtol", 1e-6)
+    return [int(holdout_mask(rows, label[None, :], rtol).sum()) for label in labels]
+
+
 def _interior(labels: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     """Labels strictly inside the training range of every context column (interpolation)."""
     lo = np.array([c["min"] for c in info["context"]])
@@ -222,6 +253,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
 
     figures_dir = out_dir / "figures"
     rows, q_rows, figures = [], [], []
+    train_rows = train_rows_at(surrogate.info, labels)
     for i, label in enumerate(labels):
         row, q, samples = compare_at_label(
             surrogate,
@@ -231,7 +263,9 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             tolerance=tol,
             bootstrap=int(options["bootstrap"]),
             seed=seed,
+            train_rows=train_rows[i],
         )
+        row["train_rows"] = train_rows[i]
         rows.append({**{k: row[k] for k in CONTEXT}, "interior": bool(interior[i]), **row})
         q_rows += q
         if i in shown:
@@ -273,6 +307,11 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             baseline=max(abs(r[c + "_sim2"]) for r in rows for c in cols),
         )
         metrics[f"{stat}_floor_max"] = max(r[c + "_floor"] for r in rows for c in cols)
+        if all(r["train_rows"] for r in judged):
+            # For scale, not a target: within what one label's training data pin down.
+            metrics[f"{stat}_within_data_fraction"] = float(
+                np.mean([all(abs(r[c]) <= max(tol, r[c + "_data"]) for c in cols) for r in judged])
+            )
     q_cols = [f"q{round(100 * q):02d}" for q in QUANTILES]
     metrics["quantile_rel_error_max"] = Score(
         "quantile_rel_error_max",
