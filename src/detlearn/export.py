@@ -354,7 +354,13 @@ def export_run(
             "target_scale": flow.x_std.tolist(),
             "context_mean": flow.c_mean.tolist(),
             "context_std": flow.c_std.tolist(),
-            "note": "applied inside the graph: u = (support(x) - target_center) / target_scale",
+            "target_relative_to": flow.cfg.relative_to,
+            "context_log": flow.cfg.log_context,
+            "note": (
+                "applied inside the graph: u = (support(x / c) - target_center) / "
+                "target_scale, c the target_relative_to context column (1 if none); the "
+                "context_log columns are standardized as log(context)"
+            ),
         },
         **parity,
     }

@@ -469,7 +469,8 @@ def test_relative_to_names_and_a_non_positive_context_are_errors():
     c = torch.tensor([[1.0, 2.0], [1.0, 0.0], [1.0, -1.0]])
     x = torch.ones(3, 1)
     with pytest.raises(
-        DetlearnError, match="'x0' is relative_to context 'c1', which has 2 values <= 0"
+        DetlearnError,
+        match="context 'c1' has 2 values <= 0 or NaN, but must be > 0: target 'x0' is relative_to it",
     ):
         flow.fit_normalization(x, c)
     lp = flow.log_prob(x, c)
@@ -492,6 +493,7 @@ def test_log_context_is_standardized_in_log_space_and_must_be_positive():
     plain = ConditionalFlow(1, CONTEXT, FlowConfig(log_context=["c1"]))
     c = torch.tensor([[-1.0, 2.0], [1.0, 0.0]])
     with pytest.raises(
-        DetlearnError, match=r"context 'c1' is in model\.flow\.log_context but has 1"
+        DetlearnError,
+        match=r"context 'c1' has 1 values <= 0 or NaN, but must be > 0: it is in model\.flow\.log_context",
     ):
         plain.fit_normalization(torch.ones(2, 1), c)

@@ -644,17 +644,18 @@ class ConditionalFlow(torch.nn.Module):
         x, c = torch.as_tensor(x), torch.as_tensor(c)
         self._check_shapes(x, c)
         x, c = x.to(self.x_mean), c.to(self.c_mean)
-        for j, k in enumerate(self._relative):
-            if k is not None and not bool((c[:, k] > 0).all()):
+        # Context columns taken a log of: a target's unit (relative_to) or a log_context.
+        why = {
+            k: f"target '{self.names[j]}' is relative_to it"
+            for j, k in enumerate(self._relative)
+            if k is not None
+        }
+        why |= {k: "it is in model.flow.log_context" for k in self._log_context}
+        for k, reason in why.items():
+            if n_bad := int((~(c[:, k] > 0)).sum()):
                 raise DetlearnError(
-                    f"target '{self.names[j]}' is relative_to context '{self.context_names[k]}', "
-                    f"which has {int((~(c[:, k] > 0)).sum())} values <= 0 or NaN (must be > 0)"
-                )
-        for k in self._log_context:
-            if not bool((c[:, k] > 0).all()):
-                raise DetlearnError(
-                    f"context '{self.context_names[k]}' is in model.flow.log_context but has "
-                    f"{int((~(c[:, k] > 0)).sum())} values <= 0 or NaN (must be > 0)"
+                    f"context '{self.context_names[k]}' has {n_bad} values <= 0 or NaN, "
+                    f"but must be > 0: {reason}"
                 )
         bad = self._outside(x, c)
         if bad.any():
