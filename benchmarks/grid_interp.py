@@ -145,7 +145,7 @@ def main() -> None:
             err = np.abs([r[f"{stat}_{f}"] for r in rows])
             base = np.abs([r[f"{stat}_{f}_sim2"] for r in rows])
             floor = np.array([r[f"{stat}_{f}_floor"] for r in rows])
-            data = np.array([r[f"{stat}_{f}_data"] for r in rows])
+            data = np.array([r.get(f"{stat}_{f}_data", np.nan) for r in rows])
             print(
                 f"  |Δ {stat:5s} {f:5s}| max {100 * err.max():6.2f} %  median "
                 f"{100 * np.median(err):5.2f} %  (sim2 max {100 * base.max():5.2f} %, "

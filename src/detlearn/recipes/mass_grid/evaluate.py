@@ -117,10 +117,9 @@ def compare_at_label(
         ``(row, quantile_rows, samples)``. ``row`` holds per feature f (``phi``, ``omega``)
         ``mean_f`` and ``width_f`` (relative errors, model vs sim), ``*_sim2`` (sim2 vs sim),
         ``*_floor`` (statistical floor), ``*_data`` (data spread, with ``train_rows``), and
-        ``energy``, ``energy_sim2`` (standardized 2-D
-        energy distance), ``kl``, ``kl_error`` [nats], ``kl_zero_density`` (simulated
-        points where the model's density is 0, left out of the KL), ``pass_mean``,
-        ``pass_width``.
+        ``energy``, ``energy_sim2`` (standardized 2-D energy distance), ``kl``, ``kl_error``
+        [nats], ``kl_zero_density`` (simulated points where the model's density is 0, left out
+        of the KL), ``pass_mean``, ``pass_width``.
         ``quantile_rows`` holds one row per feature with the relative errors of
         :data:`QUANTILES`, model (``q05`` …) and sim2 (``q05_sim2`` …).
     """
