@@ -169,6 +169,13 @@ class FlowConfig(_Strict):
             "such as generated masses, whose effects scale with c"
         ),
     )
+    context_of: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "target -> the context columns its transforms read (default: all), where the "
+            "physics says it depends on no other: every label of those others then informs it"
+        ),
+    )
     relative_to: dict[str, str] = Field(
         default_factory=dict,
         description=(

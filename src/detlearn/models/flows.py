@@ -86,7 +86,9 @@ import numpy as np
 import torch
 import zuko
 from torch import Tensor
+from zuko.distributions import DiagNormal
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+from zuko.lazy import UnconditionalDistribution
 from zuko.nn import MaskedLinear
 from zuko.utils import unpack
 
@@ -373,6 +375,44 @@ def _inverse_at(t: zuko.lazy.LazyTransform, c: Tensor, samples: int) -> Callable
     return inverse
 
 
+def _univariate(cfg: FlowConfig) -> dict[str, Any]:
+    """The element-wise transform of a flow kind: zuko keyword arguments."""
+    if cfg.kind == "nsf":
+        return {
+            "univariate": _BinarySearchRQS,
+            "shapes": [(cfg.bins,), (cfg.bins,), (cfg.bins - 1,)],
+        }
+    return {}  # maf, realnvp: zuko's MonotonicAffineTransform
+
+
+def _masked_context_flow(
+    features: int, context: int, cfg: FlowConfig, context_mask: Tensor
+) -> zuko.flows.Flow:
+    """zuko's MAF (orders alternating between transforms, features grouped into ``passes``)
+    with each feature's conditioner reading only the context columns ``context_mask`` [F, C]
+    allows, through the transforms' adjacency matrices."""
+    passes = 2 if cfg.kind == "realnvp" else cfg.passes or features
+    passes = min(max(passes, 1), features)
+    transforms = []
+    for i in range(cfg.transforms):
+        order = torch.arange(features) if i % 2 == 0 else torch.arange(features).flip(0)
+        group = torch.div(order, math.ceil(features / passes), rounding_mode="floor")
+        among = (group[:, None] > group) | torch.eye(features, dtype=torch.bool)
+        t = MaskedAutoregressiveTransform(
+            features,
+            context,
+            adjacency=torch.cat([among, context_mask], dim=1),
+            hidden_features=list(cfg.hidden),
+            **_univariate(cfg),
+        )
+        t.order = group  # the pass of each feature, as zuko sets it without an adjacency
+        transforms.append(t)
+    base = UnconditionalDistribution(
+        DiagNormal, loc=torch.zeros(features), scale=torch.ones(features), buffer=True
+    )
+    return zuko.flows.Flow(transforms, base)
+
+
 @register_model("conditional_flow")
 class ConditionalFlow(torch.nn.Module):
     """A conditional flow p(x | c) over ``features`` physical targets given ``context`` inputs.
@@ -387,8 +427,10 @@ class ConditionalFlow(torch.nn.Module):
         context_names: optional names of the context features.
 
     ``cfg.relative_to`` (target name -> context name) models those targets in units of a
-    context column (see the module docstring); the names must be among ``names`` and
-    ``context_names``.
+    context column (see the module docstring); ``cfg.context_of`` (target name -> context
+    names) lets a target's conditioners read only those context columns (zuko's masked
+    networks with a context adjacency), so that labels differing only in the others share
+    their data. The names must be among ``names`` and ``context_names``.
 
     ``maf`` uses zuko's affine ``MonotonicAffineTransform``, whose log-scale is soft-bounded,
     ``a / (1 + |a| / ln 1000)`` within +-6.9, the role FEDHEX's tanh clamp played. ``realnvp``
@@ -444,7 +486,7 @@ class ConditionalFlow(torch.nn.Module):
         self.register_buffer("x_std", torch.ones(features))
         self.register_buffer("c_mean", torch.zeros(context))
         self.register_buffer("c_std", torch.ones(context))
-        self.flow = self._build(features, context, cfg)
+        self.flow = self._build(features, context, cfg, self._context_mask(cfg.context_of))
 
     def _bounds(self, values: list[float | None] | None, which: str) -> list[float | None]:
         if values is None:
@@ -478,6 +520,23 @@ class ConditionalFlow(torch.nn.Module):
             )
         return out
 
+    def _context_mask(self, context_of: dict[str, list[str]]) -> Tensor | None:
+        """Bool [F, C]: which context columns each target's transforms read, or None (all)."""
+        if not context_of:
+            return None
+        mask = torch.ones(self.features, self.context, dtype=torch.bool)
+        for target, columns in context_of.items():
+            j = self.names.index(self._check_name(target, self.names, "context_of", "target"))
+            mask[j] = False
+            for col in columns:
+                mask[
+                    j,
+                    self.context_names.index(
+                        self._check_name(col, self.context_names, "context_of", "context column")
+                    ),
+                ] = True
+        return mask
+
     def _log_scale(self, c: Tensor) -> Tensor | None:
         """log of each target's unit [..., F] from the physical context c [..., C] (0: none)."""
         if all(k is None for k in self._relative):
@@ -488,23 +547,22 @@ class ConditionalFlow(torch.nn.Module):
         )
 
     @staticmethod
-    def _build(features: int, context: int, cfg: FlowConfig) -> zuko.flows.Flow:
-        common = {"transforms": cfg.transforms, "hidden_features": list(cfg.hidden)}
-        if cfg.kind == "nsf":
-            return zuko.flows.MAF(
-                features,
-                context,
-                univariate=_BinarySearchRQS,
-                shapes=[(cfg.bins,), (cfg.bins,), (cfg.bins - 1,)],
-                passes=cfg.passes,
-                **common,
-            )
-        if cfg.kind == "maf":
-            return zuko.flows.MAF(features, context, passes=cfg.passes, **common)
-        # Affine coupling as a two-pass masked autoregressive flow rather than
-        # zuko.flows.RealNVP: the latter's CouplingTransform.merge (new_empty + index
-        # assignment) traces to an ONNX graph onnxruntime rejects (INVALID_GRAPH).
-        return zuko.flows.MAF(features, context, passes=2, **common)
+    def _build(
+        features: int, context: int, cfg: FlowConfig, context_mask: Tensor | None = None
+    ) -> zuko.flows.Flow:
+        if context_mask is not None:
+            return _masked_context_flow(features, context, cfg, context_mask)
+        # realnvp: affine coupling as a two-pass masked autoregressive flow rather than
+        # zuko.flows.RealNVP, whose CouplingTransform.merge (new_empty + index assignment)
+        # traces to an ONNX graph onnxruntime rejects (INVALID_GRAPH).
+        return zuko.flows.MAF(
+            features,
+            context,
+            transforms=cfg.transforms,
+            hidden_features=list(cfg.hidden),
+            passes=2 if cfg.kind == "realnvp" else cfg.passes,
+            **_univariate(cfg),
+        )
 
     # ---- serialization -------------------------------------------------------------------
 
