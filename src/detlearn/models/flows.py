@@ -527,14 +527,11 @@ class ConditionalFlow(torch.nn.Module):
         mask = torch.ones(self.features, self.context, dtype=torch.bool)
         for target, columns in context_of.items():
             j = self.names.index(self._check_name(target, self.names, "context_of", "target"))
-            mask[j] = False
-            for col in columns:
-                mask[
-                    j,
-                    self.context_names.index(
-                        self._check_name(col, self.context_names, "context_of", "context column")
-                    ),
-                ] = True
+            keep = [
+                self._check_name(col, self.context_names, "context_of", "context column")
+                for col in columns
+            ]
+            mask[j] = torch.tensor([name in keep for name in self.context_names])
         return mask
 
     def _log_scale(self, c: Tensor) -> Tensor | None:
