@@ -85,7 +85,7 @@ def latency_curves(
         )
     calls: dict[tuple[str, int], int] = {}
     per_row: dict[tuple[str, int], list[float]] = {(n, b): [] for n in fns for b in batch_sizes}
-    # (stolen CPU seconds, wall seconds) over the trials of each runtime and batch size
+    # (stolen CPU seconds, wall seconds while steal was readable) per runtime and batch size
     steal: dict[tuple[str, int], list[float]] = {k: [0.0, 0.0] for k in per_row}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -108,7 +108,7 @@ def latency_curves(
                 s1, wall = cpu_steal_s(), (time.perf_counter_ns() - t0) * 1e-9
                 if s0 is not None and s1 is not None:
                     steal[name, b][0] += s1 - s0
-                steal[name, b][1] += wall
+                    steal[name, b][1] += wall
     curves: dict[str, list[dict[str, float]]] = {}
     for name in fns:
         curves[name] = []
@@ -128,8 +128,9 @@ def latency_curves(
 
 
 def _steal_share(stolen_s: float, wall_s: float) -> float:
-    """Stolen CPU time as a share of the machine's CPU time over ``wall_s``."""
-    if cpu_steal_s() is None or wall_s <= 0:
+    """Stolen CPU time as a share of the machine's CPU time over ``wall_s`` (the wall time
+    during which steal was readable; NaN if never)."""
+    if wall_s <= 0:
         return math.nan
     return stolen_s / (wall_s * (os.cpu_count() or 1))
 

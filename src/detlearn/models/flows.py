@@ -534,14 +534,9 @@ class ConditionalFlow(torch.nn.Module):
             mask[j] = torch.tensor([name in keep for name in self.context_names])
         return mask
 
-    def _log_scale(self, c: Tensor) -> Tensor | None:
-        """log of each target's unit [..., F] from the physical context c [..., C] (0: none)."""
-        if all(k is None for k in self._relative):
-            return None
-        zero = torch.zeros_like(c[..., 0])
-        return torch.stack(
-            [zero if k is None else torch.log(c[..., k]) for k in self._relative], dim=-1
-        )
+    def _log_units(self, c: Tensor) -> list[Tensor | None]:
+        """Per target, log of its unit [...] from the physical context c [..., C], or None."""
+        return [None if k is None else torch.log(c[..., k]) for k in self._relative]
 
     @staticmethod
     def _build(
@@ -599,10 +594,8 @@ class ConditionalFlow(torch.nn.Module):
         scale-free.
         """
         ys, ladj = [], torch.zeros_like(x[:, 0])
-        log_c = self._log_scale(c)
-        for j in range(self.features):
+        for j, lc in enumerate(self._log_units(c)):
             xj, lo, hi = x[:, j], self.lower[j], self.upper[j]
-            lc = None if log_c is None or self._relative[j] is None else log_c[:, j]
             # Clamping first keeps log() finite (and its gradient NaN-free) for points on or
             # outside a bound; log_prob masks those points to -inf afterwards.
             if lo is not None:
@@ -631,10 +624,8 @@ class ConditionalFlow(torch.nn.Module):
         """Inverse of :meth:`_support`: y [..., F] with c [..., C] broadcastable to it -> x,
         strictly inside the support."""
         xs = []
-        log_c = self._log_scale(c)
-        for j in range(self.features):
+        for j, lc in enumerate(self._log_units(c)):
             yj, lo, hi = y[..., j], self.lower[j], self.upper[j]
-            lc = None if log_c is None or self._relative[j] is None else log_c[..., j]
             if lo is None and hi is None:
                 xs.append(yj if lc is None else yj * torch.exp(lc))
             elif hi is None:
