@@ -12,7 +12,8 @@ every held-out label with ``--samples`` draws (model, sim, sim2 each) and time
 training; the time reported is the training wall time, with whether the goal was met.
 
 Run: .venv/bin/python benchmarks/grid_interp.py [--events 100000] [--minutes 15] [--quick]
-     [--epochs N] [--patience N] [--batch N] [--no-balance]   (training overrides, for experiments)
+     [--epochs N] [--patience N] [--batch N] [--no-balance] [--set JSON]   (overrides, for
+     experiments; --set takes a config fragment, e.g. '{"model": {"flow": {"transforms": 6}}}')
      .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
 ``--quick``: a 4 x 4 grid, one epoch, few samples: checks the script, measures nothing.
 """
@@ -72,6 +73,9 @@ def main() -> None:
     )
     parser.add_argument("--patience", type=int, default=None, help="override training.patience")
     parser.add_argument("--batch", type=int, default=None, help="override training.batch_size")
+    parser.add_argument(
+        "--set", type=json.loads, default={}, help="config override as JSON (experiments)"
+    )
     parser.add_argument("--samples", type=int, default=OPTIONS["samples"], help="per label")
     parser.add_argument("--out", type=Path, default=None, help="keep the run here")
     parser.add_argument("--quick", action="store_true", help="tiny grid: check the script runs")
@@ -85,7 +89,7 @@ def main() -> None:
         generation_rate(s, heldout_labels(s.info, sim_cfg)[0], 1_000_000)
         return
 
-    overrides: dict = {"training": {"max_minutes": args.minutes}}
+    overrides: dict = deep_merge(args.set, {"training": {"max_minutes": args.minutes}})
     if args.epochs is not None:
         overrides["training"]["max_epochs"] = args.epochs
     if args.no_balance:

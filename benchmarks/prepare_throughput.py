@@ -104,7 +104,7 @@ def timed_prepare(paths: list[str], workers: int) -> tuple[float, int, list[str]
         summary = prepare(cfg, out, progress=False)
         seconds = time.perf_counter() - t0
         shards = json.loads((out / "manifest.json").read_text())["shards"]
-        return seconds, summary.rows, [s["sha256"] for s in shards]
+        return seconds, summary.rows, [s["checksum"] for s in shards]
     finally:
         shutil.rmtree(out)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -44,7 +45,9 @@ def test_manifest_records_schema_shards_and_sources(tmp_path):
     shard = manifest["shards"][0]
     assert shard["source"]["path"] == files[0] and shard["source"]["size"] > 0
     assert (shard["entry_start"], shard["entry_stop"], shard["rows"]) == (0, 250, 250)
-    assert len(shard["sha256"]) == 64 and manifest["config_hash"] and manifest["detlearn_version"]
+    crc = zlib.crc32((tmp_path / "ds" / shard["file"]).read_bytes())
+    assert shard["checksum"] == f"crc32:{crc:08x}"  # as the bytes went out = as they lie now
+    assert manifest["config_hash"] and manifest["detlearn_version"]
     ds = Dataset.open(tmp_path / "ds")
     p = ds.load(["p"])["p"]
     assert p.shape == (1200,) and (p > 0).all()

@@ -153,14 +153,14 @@ def process_item(item: WorkItem, data: DataConfig, shard: Path, chash: str) -> d
         raise DetlearnError(f"{chunk.where}: extractor returned no group column '{group}'")
     values, nonfinite = _drop_nonfinite(values, data, chunk.path)
     values[GROUP_COLUMN] = group_hash(Path(item.source.path).name, values[group])
-    sha = write_shard(values, shard)
+    checksum = write_shard(values, shard)
     record = {
         "file": f"shards/{shard.name}",
         "source": item.source.as_dict(),
         "entry_start": item.entry_start,
         "entry_stop": item.entry_stop,
         "rows": len(values[GROUP_COLUMN]),
-        "sha256": sha,
+        "checksum": checksum,
         "config_hash": chash,
         "nonfinite_dropped": nonfinite,
         "dtypes": {k: str(v.dtype) for k, v in values.items() if k != GROUP_COLUMN},
