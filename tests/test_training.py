@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -100,31 +99,6 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert resumed_epochs == {2, 3}
     # Training time accumulates across the resume.
     assert float(rows[2]["elapsed_s"]) > float(rows[1]["elapsed_s"])
-
-
-def test_ema_saves_the_moving_average_of_the_weights_after_every_step(tmp_path):
-    train, val = lognormal(1000, 0), lognormal(300, 1)
-    steps: list[dict[str, torch.Tensor]] = []
-
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, *args):
-            # After each optimizer step: the raw weights the average takes in.
-            steps.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
-
-    decay = 0.8
-    cfg = TrainingConfig(batch_size=100, max_epochs=1, schedule="none", ema=decay)
-    flow = tiny_flow()
-    fit(flow, train, val, cfg, tmp_path, progress=False, callbacks=[Record()])
-    assert len(steps) == 10
-    want = steps[0]
-    for raw in steps[1:]:
-        want = {k: decay * want[k] + (1 - decay) * v if v.is_floating_point() else v
-                for k, v in raw.items()}  # fmt: skip
-    got = load_model(tmp_path).state_dict()
-    for k, v in want.items():
-        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
-    assert not torch.equal(got["flow.transform.transforms.0.hyper.0.weight"],
-                           steps[-1]["flow.transform.transforms.0.hyper.0.weight"])  # fmt: skip
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):

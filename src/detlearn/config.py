@@ -246,13 +246,6 @@ class TrainingConfig(_Strict):
         description="context columns whose distinct value combinations (grid labels) weigh "
         "equally in the loss: a row weighs 1 / (rows sharing its values), times its own weight",
     )
-    ema: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="decay of an exponential moving average of the weights, updated every step "
-        "(e.g. 0.999); validation, the best checkpoint and the saved model use the average",
-    )
     seed: int = Field(0, description="seed of initialization and shuffling")
     accelerator: str = Field("auto", description="Lightning accelerator: auto | cpu | gpu")
 

@@ -8,9 +8,6 @@ regression loss for the :class:`~detlearn.models.Regressor`, which names it in
 
 - AdamW; the learning rate rises linearly over the first 2 % of optimizer steps, then follows
   a cosine down to lr / 100, stepped per batch; gradients are clipped to norm 5.
-- With ``ema`` (a decay), an exponential moving average of the weights, updated every step
-  (Lightning's ``EMAWeightAveraging``): validation, the best checkpoint and the saved model
-  use the average, which smooths the last steps' noise out of the fitted shapes.
 - Early stopping on ``val_loss``; checkpoints ``run_dir/checkpoints/best.ckpt`` and
   ``last.ckpt`` (Lightning's own, kept only for ``resume`` and read with ``weights_only=True``).
 - ``run_dir/history.csv`` (one row per epoch: epoch, train_loss, val_loss, lr, elapsed_s) and
@@ -46,13 +43,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    EMAWeightAveraging,
-    ModelCheckpoint,
-    RichProgressBar,
-)
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
@@ -281,7 +272,6 @@ def fit(
     progress: bool = True,
     *,
     normalize: bool = True,
-    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``model`` on in-memory arrays and leave its best weights in ``run_dir``.
 
@@ -299,7 +289,6 @@ def fit(
         progress: show a rich progress bar.
         normalize: on a fresh fit, call ``model.fit_normalization`` on the training columns
             (the normalization is part of the weights, so a resume keeps the saved one).
-        callbacks: extra Lightning callbacks, run after detlearn's own.
 
     Returns:
         A :class:`FitResult`; ``model`` holds the best weights afterwards.
@@ -348,13 +337,10 @@ def fit(
             save_last=True,
             enable_version_counter=False,
         )
-        callbacks = [
+        callbacks: list[Callback] = [
             EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience),
             checkpoint,
-            *callbacks,
         ]
-        if cfg.ema is not None:
-            callbacks.append(EMAWeightAveraging(decay=cfg.ema))
         if progress:
             callbacks.append(RichProgressBar())
         devices, nodes = _distributed()
