@@ -13,7 +13,8 @@ training; the time reported is the training wall time, with whether the goal was
 
 Run: .venv/bin/python benchmarks/grid_interp.py [--events 100000] [--minutes 15] [--quick]
      [--epochs N] [--patience N] [--batch N] [--no-balance] [--set JSON]   (overrides, for
-     experiments; --set takes a config fragment, e.g. '{"model": {"flow": {"transforms": 6}}}')
+     experiments; --set takes a config fragment, merged last, e.g.
+     '{"model": {"flow": {"transforms": 6}}}')
      .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
 ``--quick``: a 4 x 4 grid, one epoch, few samples: checks the script, measures nothing.
 """
@@ -89,25 +90,25 @@ def main() -> None:
         generation_rate(s, heldout_labels(s.info, sim_cfg)[0], 1_000_000)
         return
 
-    overrides: dict = deep_merge(args.set, {"training": {"max_minutes": args.minutes}})
-    if args.epochs is not None:
-        overrides["training"]["max_epochs"] = args.epochs
-    if args.no_balance:
-        overrides["training"]["balance"] = []
-    if args.patience is not None:
-        overrides["training"]["patience"] = args.patience
-    if args.batch is not None:
-        overrides["training"]["batch_size"] = args.batch
+    training = {
+        "max_minutes": args.minutes,
+        "max_epochs": args.epochs,
+        "patience": args.patience,
+        "batch_size": args.batch,
+        "balance": [] if args.no_balance else None,
+    }
+    flags: dict = {"training": {k: v for k, v in training.items() if v is not None}}
     n_rate = 1_000_000
     if args.quick:
-        overrides["simulate"] = {
+        flags["simulate"] = {
             "phi_points": 4,
             "omega_points": 4,
             "acceptance_max": 1.0,
             "acceptance_scale": 1.0,
         }
-        overrides["training"]["max_epochs"] = 1
+        flags["training"]["max_epochs"] = 1
         args.events, args.samples, n_rate = 300, 2000, 100_000
+    overrides = deep_merge(flags, args.set)  # --set last: it may refine what a flag set
     out = args.out or Path(tempfile.mkdtemp(prefix="grid_interp_"))
     raw = deep_merge(get_recipe("mass-grid").default_config(), overrides)
     cfg = validate_config(deep_merge(raw, {"data": {"inputs": [str(out / "sim" / "*.root")]}}))
