@@ -5,8 +5,10 @@ which tells what a shared, oversubscribed machine hides: threads scale when CPU 
 stays flat; the load average is printed beside the figures):
   1. ``generate_channels`` in memory (channel map, energy, photostatistics, pulse, pileup,
      pedestals, QIE digitization, noise terms) with 1 thread and with ``--threads`` threads;
-  2. ``mahi_lite`` (2 passes of the exact batched NNLS) and ``m0`` on those channels;
-  3. ``write_channels`` of one file's worth of channels.
+  2. ``mahi_lite`` (2 passes of the exact NNLS) and ``m0`` on those channels;
+  3. ``write_channels`` of one file's worth of channels, LZ4 (the default) and uncompressed;
+  4. the whole ``simulate`` (what ``detlearn simulate hcal-energy`` runs): 1-3 for every file,
+     file i written by a second thread while file i + 1 is generated, LZ4 and uncompressed.
 
 Run: .venv/bin/python benchmarks/hcal_simulate.py [--channels 1000000] [--threads 2]
 """
@@ -26,6 +28,7 @@ from detlearn.recipes.hcal_energy import (
     generate_channels,
     m0,
     mahi_lite,
+    simulate,
     write_channels,
 )
 
@@ -87,13 +90,30 @@ def main() -> None:
     branches = {k: v[:per] for k, v in ch.branches().items()}
     branches["energy"] = branches["eraw"] = branches["genE"]
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "hcal.root"
-        seconds, _, _ = best_of(lambda: write_channels(branches, path), args.repeat)
-        size = path.stat().st_size
-    print(
-        f"write_channels: {per:,} channels in {seconds:.2f} s = {per / seconds / 1e6:.2f} M/s, "
-        f"{size / per:.0f} bytes/channel"
-    )
+        for codec in ("lz4", "none"):
+            path = Path(tmp) / f"hcal_{codec}.root"
+            seconds, cpu, _ = best_of(
+                lambda c=codec, p=path: write_channels(branches, p, c), args.repeat
+            )
+            print(
+                f"write_channels ({codec}): {per:,} channels, {per / seconds / 1e6:.2f} M/s, "
+                f"CPU {cpu / per * 1e9:.0f} ns/channel, {path.stat().st_size / per:.0f} bytes/channel"
+            )
+
+    print(f"simulate (generate + MAHI-lite + M0 + ROOT files), {n:,} channels:")
+    for codec in ("lz4", "none"):
+        with tempfile.TemporaryDirectory() as tmp:
+            options = {"threads": args.threads, "compression": codec}
+            simulate(tmp, 1000, seed=0, options=options)  # compiled kernels loaded
+            seconds, cpu, _ = best_of(
+                lambda o=options, d=tmp: simulate(d, n, seed=1, options=o), args.repeat
+            )
+        rate = n / seconds
+        print(
+            f"  {codec}: {seconds:.2f} s = {rate / 1e6:.2f} M channels/s "
+            f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} ns/channel "
+            f"({cpu / seconds:.2f} cores busy); load {_load()}"
+        )
 
 
 if __name__ == "__main__":

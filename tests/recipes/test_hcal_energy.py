@@ -54,6 +54,24 @@ def test_generation_depends_on_the_seed_only_not_on_threads():
     assert not np.array_equal(one.raw, _gen(70_000, seed=6).raw)
 
 
+def test_pileup_is_compound_poisson_uniform_over_the_crossings():
+    cfg = HcalSimConfig(pu_mean_min=60.0, pu_mean_max=60.0)
+    ch = _gen(100_000, seed=4, pu_mean_min=60.0, pu_mean_max=60.0)
+    occupancy = cfg.pu_occupancy * (1 + cfg.pu_occupancy_ieta * np.abs(ch.ieta))
+    occupancy = occupancy * np.where(ch.depth == 1, cfg.pu_depth1_factor, 1.0)
+    rate = (ch.pu * occupancy)[:, None] * np.ones(cfg.pu_bx_max - cfg.pu_bx_min + 1)
+    energy, m = ch.pileup_energy.astype(np.float64), cfg.pu_energy_mean
+    # Per (channel, BX): Poisson(rate) deposits of Exp(m): mean rate m, variance 2 rate m²,
+    # and the squared deviation has variance 24 rate m⁴ + 8 rate² m⁴ (the cumulants r! rate m^r).
+    deviation = energy - rate * m
+    for axis_sum in (deviation.sum(), *deviation.sum(axis=0)):
+        cells = rate.size if np.ndim(axis_sum) == 0 else len(rate)
+        sd = np.sqrt(2 * m**2 * rate.sum() * cells / rate.size)
+        assert abs(axis_sum) < 5 * sd
+    excess = (deviation**2 - 2 * rate * m**2).sum()
+    assert abs(excess) < 5 * np.sqrt(((24 * rate + 8 * rate**2) * m**4).sum())
+
+
 def test_pedestal_mean_and_width_match_the_readout_constants():
     cfg = HcalSimConfig(**NO_PU)
     ch = _gen(40_000, **NO_PU)
@@ -151,7 +169,22 @@ def test_root_files_have_facile_branches_and_fixed_size_samples(tmp_path):
         np.testing.assert_array_equal(arrays[name], value, err_msg=name)
     fit = mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg)
     np.testing.assert_array_equal(arrays["energy"], fit.energy.astype(np.float32))
-    np.testing.assert_array_equal(arrays["eraw"], m0(ch.raw, ch.ped, ch.gain, cfg).astype("f4"))
+    np.testing.assert_array_equal(fit.m0, m0(ch.raw, ch.ped, ch.gain, cfg))
+    np.testing.assert_array_equal(arrays["eraw"], fit.m0.astype(np.float32))
+
+
+@pytest.mark.parametrize(("compression", "code"), [("zstd", 505), ("none", 100), ("lzma", 205)])
+def test_compression_option_changes_the_codec_not_the_content(tmp_path, compression, code):
+    options = {"threads": 1, "compression_level": 5}
+    (lz4,) = simulate(tmp_path / "lz4", 800, seed=2, options=options)
+    (other,) = simulate(
+        tmp_path / compression, 800, seed=2, options={**options, "compression": compression}
+    )
+    with uproot.open(lz4) as a, uproot.open(other) as b:
+        assert a.file.fCompress == 405 and b.file.fCompress == code
+        for name, value in a["Events"].arrays(library="np").items():
+            np.testing.assert_array_equal(b["Events"][name].array(library="np"), value)
+    assert (other.stat().st_size > lz4.stat().st_size) == (compression == "none")
 
 
 def test_bad_simulate_option_names_the_key(tmp_path):
@@ -213,6 +246,13 @@ def test_batched_nnls_agrees_with_scipy_on_simulated_channels(dynamic_pedestal):
         np.testing.assert_allclose(x[i], ref, rtol=1e-6, atol=1e-7 * scale, err_msg=str(i))
         assert chi2[i] == pytest.approx(ref_chi2, rel=1e-6, abs=1e-8)
     assert np.all(x[:, :3] >= 0)
+
+
+def test_batched_nnls_rejects_more_than_four_parameters():
+    with pytest.raises(ValueError, match="at most 4 parameters"):
+        batched_nnls(np.eye(5), np.ones((1, 5)), np.ones((1, 5)), [True] * 5)
+    with pytest.raises(ValueError, match="3 flags for 2 parameters"):
+        batched_nnls(np.eye(2), np.ones((1, 2)), np.ones((1, 2)), [True] * 3)
 
 
 def test_batched_nnls_agrees_with_scipy_on_random_problems():

@@ -10,6 +10,8 @@
   of a pulse they contain.
 - :func:`batched_nnls` is the exact solver underneath, for millions of tiny problems at once.
 
+Both fits run compiled, one channel per loop iteration (:mod:`._kernels`).
+
 Both reconstructions use the simulator's own pulse shape averaged over its time jitter
 (:func:`template_fractions`), as MAHI uses the mean MC pulse shape: perfect templates, a
 comparison favourable to the baselines.
@@ -26,12 +28,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from detlearn.recipes.hcal_energy._kernels import SIZE, m0_rows, mahi_rows, nnls_rows
 from detlearn.recipes.hcal_energy.simulate import (
     SAMPLES,
     SOI,
@@ -64,37 +67,14 @@ class MahiResult:
         amplitudes: ``(n, 3)`` total charge of the pulses of BX −1, 0, +1 [fC] (all ≥ 0).
         baseline: ``(n,)`` fitted pedestal shift per TS [fC] (0 without dynamic pedestal).
         chi2: ``(n,)`` χ² of the last fit.
+        m0: ``(n,)`` the M0 energy the fit started from [GeV] (:func:`m0`).
     """
 
     energy: np.ndarray
     amplitudes: np.ndarray
     baseline: np.ndarray
     chi2: np.ndarray
-
-
-def _solve_spd(gram: list[list[np.ndarray]], rhs: list[np.ndarray]) -> list[np.ndarray]:
-    """Solve k×k symmetric positive-definite systems, one per element of the (n,) arrays.
-
-    Gaussian elimination without pivoting (stable for SPD), written over whole arrays: k is at
-    most 4, so a few dozen array operations solve every channel at once. A singular system
-    gives NaN or inf, which the caller treats as infeasible.
-    """
-    k = len(rhs)
-    a = [row[:] for row in gram]
-    b = rhs[:]
-    for j in range(k):
-        for i in range(j + 1, k):
-            f = a[i][j] / a[j][j]
-            for m in range(j + 1, k):
-                a[i][m] = a[i][m] - f * a[j][m]
-            b[i] = b[i] - f * b[j]
-    x: list[np.ndarray] = [np.empty(0)] * k
-    for j in reversed(range(k)):
-        acc = b[j]
-        for m in range(j + 1, k):
-            acc = acc - a[j][m] * x[m]
-        x[j] = acc / a[j][j]
-    return x
+    m0: np.ndarray
 
 
 def batched_nnls(
@@ -109,17 +89,22 @@ def batched_nnls(
     ``nonnegative[j]`` (the other parameters are free). The optimum is the unconstrained
     solution on some subset S of the parameters (the free ones plus the positive ones), and
     every feasible subset solution is a feasible point, so the optimum is the feasible subset
-    solution of least χ². All 2^c subsets of the c constrained parameters are solved in batch
-    and the best feasible one is kept: exact NNLS, meant for c ≤ 4 or so.
+    solution of least χ². Subsets are solved, compiled, one row at a time until one is
+    feasible and meets the KKT conditions (else all 2^c of the c constrained parameters are
+    tried and the best feasible one kept): exact NNLS, for m ≤ 4 parameters (MAHI's three
+    pulses and baseline).
 
     Args:
-        design: ``(m, T)`` templates shared by all rows, or ``(n, m, T)``.
+        design: ``(m, T)`` templates shared by all rows, or ``(n, m, T)``; m ≤ 4.
         data: ``(n, T)`` measurements y.
         variance: ``(n, T)`` σ² per measurement (> 0).
         nonnegative: ``m`` flags, True for a parameter constrained to be ≥ 0.
 
     Returns:
         ``(x, chi2)``: ``(n, m)`` parameters (0 outside the chosen subset) and ``(n,)`` χ².
+
+    Raises:
+        ValueError: ``nonnegative`` does not have m flags, or m > 4.
 
     Example:
         >>> A = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -130,63 +115,24 @@ def batched_nnls(
     data = np.asarray(data, dtype=np.float64)
     design = np.asarray(design, dtype=np.float64)
     design = np.broadcast_to(design, (len(data), *design.shape[-2:]))
-    if len(nonnegative) != design.shape[1]:
-        raise ValueError(
-            f"nonnegative has {len(nonnegative)} flags for {design.shape[1]} parameters"
-        )
-    gram, rhs, y_w_y = _normal_equations(design, data, variance)
-    x, score = _best_subset(gram, rhs, nonnegative)
-    return np.stack(x, axis=1), np.maximum(y_w_y - score, 0.0)
-
-
-def _normal_equations(
-    design: np.ndarray, data: np.ndarray, variance: np.ndarray
-) -> tuple[list[list[np.ndarray]], list[np.ndarray], np.ndarray]:
-    """A'WA, A'Wy (as lists of (n,) arrays) and y'Wy of weighted least squares, W = 1/σ²."""
+    m = design.shape[1]
+    if len(nonnegative) != m:
+        raise ValueError(f"nonnegative has {len(nonnegative)} flags for {m} parameters")
+    if m > SIZE:
+        raise ValueError(f"batched_nnls solves at most {SIZE} parameters (got {m})")
     weight = 1.0 / np.asarray(variance, dtype=np.float64)
     weighted = design * weight[:, None, :]
-    gram = weighted @ design.transpose(0, 2, 1)
-    rhs = (weighted @ data[:, :, None])[:, :, 0]
-    m = design.shape[1]
+    # Padded to SIZE parameters with identity rows: a padded parameter is never allowed.
+    gram = np.zeros((len(data), SIZE, SIZE))
+    gram[:, range(SIZE), range(SIZE)] = 1.0
+    gram[:, :m, :m] = weighted @ design.transpose(0, 2, 1)
+    rhs = np.zeros((len(data), SIZE))
+    rhs[:, :m] = (weighted @ data[:, :, None])[:, :, 0]
     y_w_y = np.einsum("nt,nt->n", weight * data, data)
-    return [[gram[:, i, j] for j in range(m)] for i in range(m)], list(rhs.T), y_w_y
-
-
-def _best_subset(
-    gram: list[list[np.ndarray]],
-    rhs: list[np.ndarray],
-    nonnegative: Sequence[bool],
-    allowed: Sequence[int] | None = None,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Exact NNLS from the normal equations: the best feasible subset solution, per row.
-
-    Only the constrained parameters in ``allowed`` (default: all) may be non-zero. Returns the
-    parameters and the score x_S · r_S = y'Wy − χ² (larger is better).
-    """
-    m, n = len(rhs), len(rhs[0])
-    free = [j for j in range(m) if not nonnegative[j]]
-    constrained = [j for j in range(m) if nonnegative[j] and (allowed is None or j in allowed)]
-    best = [np.zeros(n) for _ in range(m)]
-    best_score = np.full(n, -np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for size in range(len(constrained) + 1):
-            for subset in itertools.combinations(constrained, size):
-                chosen = sorted([*free, *subset])
-                x = dict.fromkeys(range(m), 0.0)
-                score: np.ndarray | float = 0.0
-                feasible: np.ndarray | bool = True
-                if chosen:
-                    solved = _solve_spd(
-                        [[gram[i][j] for j in chosen] for i in chosen], [rhs[i] for i in chosen]
-                    )
-                    x.update(zip(chosen, solved, strict=True))
-                    score = sum(x[i] * rhs[i] for i in chosen)
-                    for j in subset:
-                        feasible = feasible & (x[j] >= 0)
-                better = feasible & (score > best_score)
-                best_score = np.where(better, score, best_score)
-                best = [np.where(better, x[i], best[i]) for i in range(m)]
-    return best, best_score
+    free = sum(1 << j for j in range(m) if not nonnegative[j])
+    x, score = np.empty_like(rhs), np.empty(len(rhs))
+    nnls_rows(gram, rhs, free, sum(1 << j for j in range(m) if nonnegative[j]), x, score)
+    return x[:, :m], np.maximum(y_w_y - score, 0.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -241,19 +187,16 @@ def template_fractions(
     return survival[..., :-1] - survival[..., 1:]
 
 
-def _containment(charge: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
-    """Fraction of the mean pulse in the SOI and SOI + 1, at the time slew of its charge [fC]."""
-    survival, _ = _mean_survival(time_slew(charge, cfg), cfg, SOI, SOI + 2)
-    return survival[..., 0] - survival[..., 2]
-
-
-def _m0_charge(pulse: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
-    """M0's estimate of the total in-time charge [fC] from pedestal-subtracted samples."""
-    q = pulse[:, SOI] + pulse[:, SOI + 1]
-    nominal = _containment(np.zeros(1), cfg)[0]
-    # The slew depends on the total charge, which the nominal containment estimates well
-    # enough: one step of the fixed point.
-    return q / _containment(q / nominal, cfg)
+@functools.lru_cache(maxsize=8)
+def _kernel_args(cfg: HcalSimConfig) -> tuple[Any, ...]:
+    """The pulse table, TS edges and slew of the compiled kernels (:mod:`._kernels`)."""
+    u0, survival, density = _mean_pulse_table(cfg)
+    edges = cfg.phase + TS_NS * (np.arange(-1, SAMPLES + 2) - SOI)
+    slew = np.array([cfg.slew_intercept, cfg.slew_slope, cfg.slew_max])
+    # M0's first guess of the containment: that of the slowest (smallest) pulse.
+    survival_soi, _ = _mean_survival(time_slew(0.0, cfg), cfg, SOI, SOI + 2)
+    nominal = float(survival_soi[0] - survival_soi[2])
+    return survival, density, u0, _TABLE_STEP, edges, SOI, slew, nominal
 
 
 def m0(
@@ -272,7 +215,10 @@ def m0(
     """
     cfg = cfg or HcalSimConfig()
     pulse = np.asarray(raw, dtype=np.float64) - np.asarray(ped, dtype=np.float64)
-    return _m0_charge(pulse, cfg) * np.asarray(gain, dtype=np.float64)
+    survival, _, *args = _kernel_args(cfg)
+    charge = np.empty(len(pulse))
+    m0_rows(pulse, survival, *args, charge)
+    return charge * np.asarray(gain, dtype=np.float64)
 
 
 def _mahi_block(
@@ -284,41 +230,25 @@ def _mahi_block(
     chi2_switch: float | None,
 ) -> dict[str, np.ndarray]:
     """MAHI-lite on one block of pedestal-subtracted pulses (see :func:`mahi_lite`)."""
-    n, samples = pulse.shape
-    amplitude = np.maximum(_m0_charge(pulse, cfg), 0.0)
-    model = pulse
-    base_variance = cfg.pedestal_width**2 + noise_adc**2
-    n_bx = len(ACTIVE_BX)
-    nonnegative = [True] * n_bx + ([False] if dynamic_pedestal else [])
-    for _ in range(iterations):
-        # The BX k template is the in-time one moved by k TS: one evaluation over TS -1 .. 8
-        # gives all three (BX -1 reads it one TS later, BX +1 one TS earlier).
-        survival, density = _mean_survival(time_slew(amplitude, cfg), cfg, -1, samples + 1)
-        fractions = survival[:, :-1] - survival[:, 1:]
-        templates = [fractions[:, 1 - k : 1 - k + samples] for k in ACTIVE_BX]
-        # ∂T_0,t/∂s = p̄(e_t − s) − p̄(e_(t+1) − s): the in-time shape's sensitivity to its time.
-        slope = density[:, 1 : samples + 1] - density[:, 2 : samples + 2]
-        # MAHI's noise: pedestal, ADC and photostatistics (the latter only above the pedestal
-        # width), plus the in-time pulse's shape uncertainty from the time jitter.
-        photo = np.where(model > cfg.pedestal_width, cfg.fc_per_pe * np.maximum(model, 0), 0.0)
-        variance = base_variance + photo + (amplitude[:, None] * cfg.jitter * slope) ** 2
-        if dynamic_pedestal:
-            templates.append(np.ones((n, samples)))
-        gram, rhs, y_w_y = _normal_equations(np.stack(templates, axis=1), pulse, variance)
-        x_all, score = _best_subset(gram, rhs, nonnegative)
-        if chi2_switch is not None:
-            # MAHI's chiSqSwitch: the in-time pulse alone where it fits well enough, so that
-            # noise is not read as out-of-time pulses (whose amplitudes can only be positive).
-            x_one, score_one = _best_subset(gram, rhs, nonnegative, [ACTIVE_BX.index(0)])
-            alone = y_w_y - score_one <= chi2_switch
-            x_all = [np.where(alone, a, b) for a, b in zip(x_one, x_all, strict=True)]
-            score = np.where(alone, score_one, score)
-        x = np.stack(x_all, axis=1)
-        chi2 = np.maximum(y_w_y - score, 0.0)
-        amplitude = x[:, ACTIVE_BX.index(0)]
-        model = sum(x[:, [i]] * templates[i] for i in range(n_bx))
-    baseline = x[:, n_bx] if dynamic_pedestal else np.zeros(n)
-    return {"amplitudes": x[:, :n_bx], "baseline": baseline, "chi2": chi2}
+    n = len(pulse)
+    out = {"amplitudes": np.empty((n, len(ACTIVE_BX))), "baseline": np.empty(n)}
+    out["chi2"], out["m0_charge"] = np.empty(n), np.empty(n)
+    mahi_rows(
+        pulse,
+        noise_adc,
+        *_kernel_args(cfg),
+        cfg.pedestal_width,
+        cfg.fc_per_pe,
+        cfg.jitter,
+        iterations,
+        dynamic_pedestal,
+        np.inf if chi2_switch is None else chi2_switch,
+        out["amplitudes"],
+        out["baseline"],
+        out["chi2"],
+        out["m0_charge"],
+    )
+    return out
 
 
 def mahi_lite(
@@ -344,8 +274,8 @@ def mahi_lite(
 
     M_t the fitted pulse charge (the measured Q_t in the first pass, which gives MAHI's
     ``inNoisePhoto``), ∂T_0,t/∂s from the mean pulse's density. The first pass starts from
-    M0's A₀; each of ``iterations`` passes updates slew and variance from the previous one.
-    E = A₀ × gain.
+    M0's A₀ (returned as ``m0``); each of ``iterations`` passes updates slew and variance from
+    the previous one. E = A₀ × gain.
 
     Args:
         raw, ped, noise_adc: ``(n, 8)`` branches ``raw``, ``ped``, ``inNoiseADC`` [fC].
@@ -369,12 +299,15 @@ def mahi_lite(
     cfg = cfg or HcalSimConfig()
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1 (got {iterations})")
-    pulse = np.asarray(raw, dtype=np.float64) - np.asarray(ped, dtype=np.float64)
-    noise = np.asarray(noise_adc, dtype=np.float64)
+    raw, ped, noise = np.asarray(raw), np.asarray(ped), np.asarray(noise_adc)
 
     def work(rows: slice) -> dict[str, np.ndarray]:
-        return _mahi_block(pulse[rows], noise[rows], cfg, iterations, dynamic_pedestal, chi2_switch)
+        # Converted block by block, on the worker threads.
+        pulse = raw[rows].astype(np.float64) - ped[rows].astype(np.float64)
+        noise_block = noise[rows].astype(np.float64)
+        return _mahi_block(pulse, noise_block, cfg, iterations, dynamic_pedestal, chi2_switch)
 
-    out = _in_blocks(len(pulse), work, threads or cfg.threads)
-    energy = out["amplitudes"][:, ACTIVE_BX.index(0)] * np.asarray(gain, dtype=np.float64)
-    return MahiResult(energy=energy, **out)
+    out = _in_blocks(len(raw), work, threads or cfg.threads)
+    gain = np.asarray(gain, dtype=np.float64)
+    energy = out["amplitudes"][:, ACTIVE_BX.index(0)] * gain
+    return MahiResult(energy=energy, m0=out.pop("m0_charge") * gain, **out)
