@@ -302,6 +302,8 @@ def mahi_rows(
     order = np.empty(3 + (1 << SIZE), np.int64)
     a = np.empty((SIZE, SIZE + 1))
     inv_step = 1.0 / step
+    stride = round((edges[1] - edges[0]) * inv_step)  # table steps between TS edges
+    last_index = len(survival) - 2
     for r in range(n):
         y = pulse[r]
         m0[r] = _m0(y, survival, u0, inv_step, edges, soi, slew, nominal)
@@ -313,10 +315,14 @@ def mahi_rows(
         last = all_bx  # the pulses of the last full fit
         for _ in range(iterations):
             shift = _slew(amp, slew)
+            # The edges are a whole number of table steps apart: one fractional position.
+            u = (edges[0] - shift - u0) * inv_step
+            i0 = math.floor(u)
+            w = u - i0
             for e in range(samples + 3):
-                u = (edges[e] - shift - u0) * inv_step
-                surv[e] = _lerp(survival, u)
-                dens[e] = _lerp(density, u)
+                i = min(max(int(i0) + e * stride, 0), last_index)
+                surv[e] = survival[i] + w * (survival[i + 1] - survival[i])
+                dens[e] = density[i] + w * (density[i + 1] - density[i])
             # Fractions of TS -1 .. 8 are surv[i] - surv[i + 1]; BX k reads TS t at index
             # t + 1 - k (BX -1 one TS later, BX +1 one TS earlier).
             for t in range(samples):

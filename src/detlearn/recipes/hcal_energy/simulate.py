@@ -129,6 +129,10 @@ _BLOCK = 1 << 15
 # with widths of 1, 2, 4, 8 range LSBs; each range's LSB is 8 times the previous one.
 _QIE_SUBRANGE_WIDTHS = np.repeat([1, 2, 4, 8], [16, 20, 21, 7])
 _QIE_RANGE_FACTOR = 8
+# Entries per basket of the ROOT files (1 MB of ``raw``): uproot copies each basket a few times
+# while writing, and buffers this small are reused by malloc rather than mapped afresh, page
+# fault by page fault (a whole file per basket doubled the kernel time of writing).
+_BASKET = 1 << 15
 # uproot's compression of each ``compression`` option (None: uncompressed).
 _CODECS: dict[str, Any] = {
     "lz4": uproot.LZ4,
@@ -679,12 +683,17 @@ def write_channels(
     (lz4, zstd, zlib, lzma or none) at ``level`` is ROOT's per basket; ROOT ≥ 6.20 reads all.
 
     Raises:
-        DetlearnError: when a branch of :data:`BRANCHES` is missing or an unknown one is given.
+        DetlearnError: when a branch of :data:`BRANCHES` is missing or an unknown one is given,
+            or the compression is unknown.
     """
     if set(branches) != set(BRANCHES):
         missing = sorted(set(BRANCHES) - set(branches))
         extra = sorted(set(branches) - set(BRANCHES))
         raise DetlearnError(f"hcal-energy write: missing branches {missing}, unknown {extra}")
+    if compression not in _CODECS:
+        raise DetlearnError(
+            f"hcal-energy write: unknown compression {compression!r}; choose from {list(_CODECS)}"
+        )
     path = Path(path)
     columns = {
         name: np.ascontiguousarray(branches[name], dtype=dtype)
@@ -697,7 +706,9 @@ def write_channels(
             f.mktree(
                 "Events", {name: np.dtype((dt, shape)) for name, (dt, shape) in BRANCHES.items()}
             )
-            f["Events"].extend(columns)
+            tree = f["Events"]
+            for start in range(0, len(columns["PU"]), _BASKET):  # one basket per branch each
+                tree.extend({k: v[start : start + _BASKET] for k, v in columns.items()})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
