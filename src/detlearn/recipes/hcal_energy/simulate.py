@@ -615,39 +615,60 @@ def _channels(n: int, cfg: HcalSimConfig, rng: np.random.Generator) -> dict[str,
     }
 
 
+def _blocks(n: int, rng: np.random.Generator | None = None) -> list[tuple[Any, ...]]:
+    """The fixed blocks of ``n`` rows: ``(rows,)``, or ``(rows, child)`` with a generator
+    spawned from ``rng`` per block. They depend only on ``n`` and ``rng``.
+    """
+    slices = [slice(i, min(i + _BLOCK, n)) for i in range(0, n, _BLOCK)] or [slice(0, 0)]
+    if rng is None:
+        return [(rows,) for rows in slices]
+    return list(zip(slices, rng.spawn(len(slices)), strict=True))
+
+
+class _Joined:
+    """Arrays of ``n`` rows filled block by block, from any thread (:meth:`put`)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.arrays: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def put(self, rows: slice, part: Mapping[str, np.ndarray]) -> None:
+        """Copy one block's arrays to their rows (the first block allocates the output)."""
+        with self._lock:
+            if not self.arrays:
+                self.arrays.update(
+                    {k: np.empty((self.n, *v.shape[1:]), v.dtype) for k, v in part.items()}
+                )
+        for key, value in part.items():
+            self.arrays[key][rows] = value
+
+
 def _in_blocks(
     n: int,
     work: Callable[..., dict[str, np.ndarray]],
     threads: int,
     rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
-    """``work(rows[, child_rng])`` over fixed blocks of rows, joined over blocks.
+    """``work(rows[, child_rng])`` over the fixed :func:`_blocks` of rows, joined over blocks.
 
-    With ``rng``, each block gets its own spawned generator; blocks and generators depend only
-    on ``n`` and ``rng``, so the result is the same for any number of threads.
-    numpy releases the GIL in its heavy loops, so threads run in parallel. Each block is copied
-    into the output as soon as it is done, while it is still in cache.
+    With ``rng``, each block gets its own spawned generator, so the result is the same for any
+    number of threads. numpy releases the GIL in its heavy loops, and the compiled kernels
+    release it, so threads run in parallel. Each block is copied into the output as soon as it
+    is done, while it is still in cache.
     """
-    slices = [slice(i, min(i + _BLOCK, n)) for i in range(0, n, _BLOCK)] or [slice(0, 0)]
-    args: list[list[Any]] = [slices] + ([rng.spawn(len(slices))] if rng is not None else [])
-    out: dict[str, np.ndarray] = {}
-    lock = threading.Lock()
+    blocks, out = _blocks(n, rng), _Joined(n)
 
     def run(rows: slice, *child: np.random.Generator) -> None:
-        part = work(rows, *child)
-        with lock:  # the first block done allocates the output
-            if not out:
-                out.update({k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in part.items()})
-        for key, value in part.items():
-            out[key][rows] = value
+        out.put(rows, work(rows, *child))
 
-    if threads == 1 or len(slices) == 1:
-        for item in zip(*args, strict=True):
-            run(*item)
+    if threads == 1 or len(blocks) == 1:
+        for block in blocks:
+            run(*block)
     else:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, *args))
-    return out
+            list(pool.map(lambda block: run(*block), blocks))
+    return out.arrays
 
 
 def generate_channels(
@@ -766,10 +787,16 @@ def simulate(
     sizes = [min(per, events - s) for s in range(0, events, per)]
     seeds = np.random.SeedSequence(seed).spawn(len(sizes))
 
-    def channels(i: int) -> dict[str, np.ndarray]:
-        ch = generate_channels(sizes[i], cfg, np.random.default_rng(seeds[i]))
-        fit = mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg)
-        return {**ch.branches(), "energy": fit.energy, "eraw": fit.m0}
+    def fill(out: _Joined, rows: slice, rng: np.random.Generator) -> None:
+        # generate_channels and mahi_lite on one of their blocks: the same channels and fits.
+        ch = HcalChannels(**_channels(rows.stop - rows.start, cfg, rng))
+        fit = mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg, threads=1)
+        out.put(rows, {**ch.branches(), "energy": fit.energy, "eraw": fit.m0})
+
+    def start(i: int) -> tuple[_Joined, list[Future[None]]]:
+        out = _Joined(sizes[i])
+        blocks = _blocks(sizes[i], np.random.default_rng(seeds[i]))
+        return out, [pool.submit(fill, out, *block) for block in blocks]
 
     def write(i: int, branches: dict[str, np.ndarray]) -> Path:
         path = out_dir / f"hcal_{i:04d}.root"
@@ -777,13 +804,18 @@ def simulate(
 
     from rich.progress import track
 
-    # File i is written (compression releases the GIL) while file i + 1 is generated.
+    # The blocks of file i + 1 queue behind those of file i, so the threads never wait for a
+    # file to be complete; file i is written by another thread meanwhile.
     written: list[Future[Path]] = []
-    with ThreadPoolExecutor(1) as writer:
+    with ThreadPoolExecutor(cfg.threads) as pool, ThreadPoolExecutor(1) as writer:
         steps = range(len(sizes))
+        pending = start(0) if sizes else None
         for i in steps if len(sizes) <= 1 else track(steps, "simulating HCAL channels"):
-            branches = channels(i)
+            out, filling = pending
+            pending = start(i + 1) if i + 1 < len(sizes) else None
+            for done in filling:
+                done.result()
             if written:
-                written[-1].result()  # at most two files' channels in memory
-            written.append(writer.submit(write, i, branches))
+                written[-1].result()  # at most three files' channels in memory
+            written.append(writer.submit(write, i, out.arrays))
     return [f.result() for f in written]
