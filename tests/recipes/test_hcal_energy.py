@@ -22,6 +22,7 @@ from detlearn.recipes.hcal_energy import (
     m0,
     mahi_lite,
     pulse_fractions,
+    qie_quantize,
     simulate,
     template_fractions,
     time_slew,
@@ -266,6 +267,23 @@ def test_batched_nnls_agrees_with_scipy_on_random_problems():
         ref, ref_chi2 = _scipy_nnls(design[i], y[i], variance[i], [True] * m)
         np.testing.assert_allclose(x[i], ref, atol=1e-9)
         assert chi2[i] == pytest.approx(ref_chi2, rel=1e-9, abs=1e-12)
+
+
+def test_non_finite_samples_give_nan_for_their_channel_only():
+    cfg = HcalSimConfig()
+    ch = _gen(6, seed=1)
+    raw, noise = ch.raw.copy(), ch.noise_adc.copy()
+    raw[1, 3], raw[2, 5], noise[3, 0] = np.nan, np.inf, np.nan
+    fit = mahi_lite(raw, ch.ped, ch.gain, noise, cfg)
+    clean = mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg)
+    bad = np.array([False, True, True, True, False, False])
+    assert np.isnan(fit.energy[bad]).all() and np.isnan(fit.amplitudes[bad]).all()
+    np.testing.assert_array_equal(fit.energy[~bad], clean.energy[~bad])
+    eraw = m0(raw, ch.ped, ch.gain, cfg)
+    assert np.isnan(eraw[1:3]).all() and np.isfinite(eraw[[0, 3, 4, 5]]).all()
+    adc, width = qie_quantize(np.array([np.nan, np.inf, -np.inf, 1e30]), cfg)
+    assert np.isnan(adc[0]) and np.isnan(width[0])
+    assert adc[1] == adc[3] == adc[1:].max() and adc[2] == adc[1:].min()
 
 
 def test_m0_and_mahi_lite_are_unbiased_at_high_energy_without_pileup():

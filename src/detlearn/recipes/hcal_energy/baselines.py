@@ -10,7 +10,7 @@
   of a pulse they contain.
 - :func:`batched_nnls` is the exact solver underneath, for millions of tiny problems at once.
 
-Both fits run compiled, one channel per loop iteration (:mod:`._kernels`).
+MAHI-lite, M0 and the solver run compiled, one channel per loop iteration (:mod:`._kernels`).
 
 Both reconstructions use the simulator's own pulse shape averaged over its time jitter
 (:func:`template_fractions`), as MAHI uses the mean MC pulse shape: perfect templates, a
@@ -122,9 +122,8 @@ def batched_nnls(
         raise ValueError(f"batched_nnls solves at most {SIZE} parameters (got {m})")
     weight = 1.0 / np.asarray(variance, dtype=np.float64)
     weighted = design * weight[:, None, :]
-    # Padded to SIZE parameters with identity rows: a padded parameter is never allowed.
+    # Padded to SIZE parameters with zeros: a padded parameter is never allowed, never solved.
     gram = np.zeros((len(data), SIZE, SIZE))
-    gram[:, range(SIZE), range(SIZE)] = 1.0
     gram[:, :m, :m] = weighted @ design.transpose(0, 2, 1)
     rhs = np.zeros((len(data), SIZE))
     rhs[:, :m] = (weighted @ data[:, :, None])[:, :, 0]

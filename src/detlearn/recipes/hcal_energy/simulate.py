@@ -6,7 +6,8 @@ noise terms, the generated energy and two reconstructions, exactly FACILE's bran
 :func:`write_channels`). Units: GeV, fC, ns. Every number is a field of :class:`HcalSimConfig`;
 references ([S28] ...) are to ``physics.md`` §3.
 
-The model, channel by channel (vectorized over channels, in seeded blocks):
+The model, channel by channel (numpy over whole blocks of channels, compiled loops for the
+pileup deposits and the readout; in seeded blocks):
 
 1. **Channel**: |ieta| ~ U{1..29} with a random sign; depth ~ U{1..D(|ieta|)} with
    D = 4 (HB, |ieta| ≤ 16; 16 is HB depths 1–3 plus HE depth 4), 6 (HE 17, 26–28), 7 (18–25),
@@ -161,7 +162,9 @@ class HcalSimConfig(_Strict):
         "lz4", description="ROOT basket compression (lz4: fastest; zstd: ~25% smaller, slower)"
     )
     compression_level: int = Field(1, ge=1, le=9, description="compression level (1: fastest)")
-    threads: int = Field(2, gt=0, description="threads generating channels (results do not depend)")
+    threads: int = Field(
+        2, gt=0, description="threads generating and fitting channels (results do not depend)"
+    )
     # Energy spectrum
     energy_min: float = Field(0.2, gt=0, description="lower end of the log-uniform genE [GeV]")
     energy_max: float = Field(200.0, gt=0, description="upper end of the log-uniform genE [GeV]")
