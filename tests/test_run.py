@@ -226,6 +226,19 @@ def test_balance_weighs_every_label_alike_and_keeps_row_weights():
     np.testing.assert_allclose(totals, [1000 / 3] * 3, rtol=1e-6)
 
 
+def test_tempered_balance_weighs_labels_by_the_root_of_their_rows():
+    from detlearn.run import _flow_tensors
+
+    label = np.repeat([0.0, 1.0, 2.0], [900, 100, 25])
+    part = {"c": label, "t": np.ones(len(label))}
+    _, c, w = _flow_tensors(part, ["c"], ["t"], [], ["c"], 0.5)
+    totals = np.array([float(w[c[:, 0] == v].sum()) for v in (0, 1, 2)])
+    np.testing.assert_allclose(totals / totals[2], [6.0, 2.0, 1.0], rtol=1e-6)  # √(n / 25)
+    assert float(w.mean()) == pytest.approx(1.0)
+    _, _, w = _flow_tensors(part, ["c"], ["t"], [], ["c"], 0.0)
+    np.testing.assert_allclose(w.numpy(), 1.0, rtol=1e-6)  # power 0: plain rows
+
+
 def test_balance_must_name_a_context_column(trained):
     cfg = validate_config(
         {

@@ -246,6 +246,13 @@ class TrainingConfig(_Strict):
         description="context columns whose distinct value combinations (grid labels) weigh "
         "equally in the loss: a row weighs 1 / (rows sharing its values), times its own weight",
     )
+    balance_power: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="with balance: a row weighs (rows sharing its values)^-power; 1 makes every "
+        "label weigh alike, lower values keep more of the rows' statistical weight",
+    )
     seed: int = Field(0, description="seed of initialization and shuffling")
     accelerator: str = Field("auto", description="Lightning accelerator: auto | cpu | gpu")
 

@@ -205,7 +205,9 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {
-        name: _flow_tensors(part, context, target, weight, cfg.training.balance)
+        name: _flow_tensors(
+            part, context, target, weight, cfg.training.balance, cfg.training.balance_power
+        )
         for name, part in splits.items()
     }
     lower = [ds.columns[t]["lower"] for t in target]
@@ -321,18 +323,22 @@ def _flow_tensors(
     target: list[str],
     weight: list[str],
     balance: list[str],
+    power: float = 1.0,
 ) -> tuple[torch.Tensor, ...]:
     """(target, context[, weight]) tensors of one split; rows of weight 0 dropped.
 
-    With ``balance`` columns, each row's weight is divided by the number of rows sharing its
-    values of them (rescaled to mean 1), so every grid label counts alike in the loss.
+    With ``balance`` columns, each row's weight is multiplied by n^−``power`` (rescaled to mean
+    1), n the number of rows sharing its values of them: with power 1 every grid label counts
+    alike in the loss; with ½ a label's total weight grows as √n, which keeps more of the
+    effective number of rows of the well-populated labels.
     """
     w = np.asarray(part[weight[0]], dtype=np.float64) if weight else None
     if balance:
         _, label, count = np.unique(
             np.stack([part[k] for k in balance], 1), axis=0, return_inverse=True, return_counts=True
         )
-        share = len(label) / (len(count) * count[label.reshape(-1)])
+        share = count[label.reshape(-1)] ** -float(power)
+        share *= len(share) / share.sum()
         w = share if w is None else w * share
     keep = w > 0 if w is not None else np.ones(len(part[context[0]]), dtype=bool)
     x = torch.as_tensor(np.stack([part[k][keep] for k in target], 1), dtype=torch.float32)
