@@ -336,7 +336,7 @@ def mahi_rows(
             model[t] = y[t]
         score = 0.0
         y_w_y = 0.0
-        last = all_bx  # the pulses of the last full fit
+        last = all_bx  # the pulses of the last full fit: the first guess without chiSqSwitch
         for _ in range(iterations):
             shift = _slew(amp, slew)
             # The edges are a whole number of table steps apart: one fractional position.
@@ -344,9 +344,9 @@ def mahi_rows(
             i0 = math.floor(u)
             w = u - i0
             for e in range(samples + 3):
-                i = min(max(int(i0) + e * stride, 0), last_index)
-                surv[e] = survival[i] + w * (survival[i + 1] - survival[i])
-                dens[e] = density[i] + w * (density[i + 1] - density[i])
+                at = min(max(int(i0) + e * stride, 0), last_index)
+                surv[e] = survival[at] + w * (survival[at + 1] - survival[at])
+                dens[e] = density[at] + w * (density[at + 1] - density[at])
             # Fractions of TS -1 .. 8 are surv[i] - surv[i + 1]; BX k reads TS t at index
             # t + 1 - k (BX -1 one TS later, BX +1 one TS earlier).
             for t in range(samples):
@@ -354,7 +354,8 @@ def mahi_rows(
                     i = t + 2 - k
                     templates[k, t] = surv[i] - surv[i + 1]
                 slope[t] = dens[t + 1] - dens[t + 2]
-            # The normal equations, t outermost: 14 independent sums, not 14 serial chains.
+            # The normal equations A'WA, A'Wy and y'Wy, W = 1/σ² with MAHI's variance: pedestal,
+            # ADC, photostatistics above the pedestal width, and the in-time pulse's jitter.
             y_w_y = 0.0
             gram[:] = 0.0
             rhs[:] = 0.0
