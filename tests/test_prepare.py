@@ -205,6 +205,16 @@ def test_cli_missing_file_exit_2(tmp_path, runner):
     assert (code, len(lines)) == (2, 1) and "gone.root: file not found" in lines[0]
 
 
+def test_cli_output_folder_that_cannot_be_made_exit_2(tmp_path, runner):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    config = flat_config(tmp_path, [str(write_flat(tmp_path / "f.root", n=10))])
+    code, lines = _cli(runner, "prepare", config, "--out", blocker / "ds", "--quiet")
+    assert (code, len(lines)) == (2, 1) and str(blocker) in lines[0]
+    code, lines = _cli(runner, "simulate", "hcal-energy", "--out", blocker / "sim", "-n", 10)
+    assert (code, len(lines)) == (2, 1) and str(blocker / "sim") in lines[0]
+
+
 def test_on_error_skip_lists_failed_and_completes(tmp_path, runner):
     good = write_flat(tmp_path / "good.root", n=300)
     bad = tmp_path / "bad.root"

@@ -40,13 +40,14 @@ SetOption = Annotated[
 
 
 def _user_errors(fn: F) -> F:
-    """Turn a DetlearnError into one red line on stderr and exit code 2."""
+    """Turn a DetlearnError, or an OSError (a folder that cannot be made, a full disk, a
+    permission), into one red line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DetlearnError as e:
+        except (DetlearnError, OSError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=DetlearnError.exit_code) from None
 
