@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "SIZE",
+    "lerp_values",
     "m0_rows",
     "mahi_rows",
     "nnls_rows",
@@ -226,6 +227,13 @@ def _lerp(table, x) -> float:
     x = min(max(x, 0.0), len(table) - 1.001)
     i = int(x)
     return table[i] + (x - i) * (table[i + 1] - table[i])
+
+
+@numba.njit(nogil=True, cache=True)
+def lerp_values(table, x, out) -> None:
+    """:func:`_lerp` of ``table`` at every fractional index of the flat ``x`` into ``out``."""
+    for i in range(len(x)):
+        out[i] = _lerp(table, x[i])
 
 
 @numba.njit(inline="always", error_model="numpy")

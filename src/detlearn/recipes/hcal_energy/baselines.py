@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from detlearn.recipes.hcal_energy._kernels import SIZE, m0_rows, mahi_rows, nnls_rows
+from detlearn.recipes.hcal_energy._kernels import (
+    SIZE,
+    lerp_values,
+    m0_rows,
+    mahi_rows,
+    nnls_rows,
+)
 from detlearn.recipes.hcal_energy.simulate import (
     SAMPLES,
     SOI,
@@ -155,18 +161,14 @@ def _mean_pulse_table(cfg: HcalSimConfig) -> tuple[float, np.ndarray, np.ndarray
     return u0, survival, density
 
 
-def _mean_survival(
-    shift: np.ndarray, cfg: HcalSimConfig, first: int, last: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean pulse S̄ and p̄ at the edges of TS ``first`` .. ``last``, delayed by ``shift`` ns."""
-    u0, survival, density = _mean_pulse_table(cfg)
+def _mean_survival(shift: np.ndarray, cfg: HcalSimConfig, first: int, last: int) -> np.ndarray:
+    """Mean pulse S̄ at the edges of TS ``first`` .. ``last``, delayed by ``shift`` ns."""
+    u0, survival, _ = _mean_pulse_table(cfg)
     edges = cfg.phase + TS_NS * (np.arange(first, last + 1) - SOI)
     x = (edges - np.asarray(shift, dtype=np.float64)[..., None] - u0) * (1.0 / _TABLE_STEP)
-    np.clip(x, 0, len(survival) - 1.001, out=x)
-    i = x.astype(np.int64)
-    w = x - i
-    s0, p0 = survival[i], density[i]
-    return s0 + w * (survival[i + 1] - s0), p0 + w * (density[i + 1] - p0)
+    out = np.empty(x.size)
+    lerp_values(survival, x.ravel(), out)
+    return out.reshape(x.shape)
 
 
 def template_fractions(
@@ -182,7 +184,7 @@ def template_fractions(
         >>> template_fractions(0.0, HcalSimConfig()).round(3).tolist()
         [0.0, 0.0, 0.008, 0.725, 0.173, 0.046, 0.023, 0.012]
     """
-    survival, _ = _mean_survival(np.asarray(shift, dtype=np.float64), cfg, first, last)
+    survival = _mean_survival(np.asarray(shift, dtype=np.float64), cfg, first, last)
     return survival[..., :-1] - survival[..., 1:]
 
 
@@ -193,7 +195,7 @@ def _kernel_args(cfg: HcalSimConfig) -> tuple[Any, ...]:
     edges = cfg.phase + TS_NS * (np.arange(-1, SAMPLES + 2) - SOI)
     slew = np.array([cfg.slew_intercept, cfg.slew_slope, cfg.slew_max])
     # M0's first guess of the containment: that of the slowest (smallest) pulse.
-    survival_soi, _ = _mean_survival(time_slew(0.0, cfg), cfg, SOI, SOI + 2)
+    survival_soi = _mean_survival(time_slew(0.0, cfg), cfg, SOI, SOI + 2)
     nominal = float(survival_soi[0] - survival_soi[2])
     return survival, density, u0, _TABLE_STEP, edges, SOI, slew, nominal
 
