@@ -76,6 +76,7 @@ __all__ = [
     "SAMPLES",
     "SOI",
     "TS_NS",
+    "Compression",
     "HcalChannels",
     "HcalSimConfig",
     "config_from_options",
@@ -134,8 +135,10 @@ _QIE_RANGE_FACTOR = 8
 # while writing, and buffers this small are reused by malloc rather than mapped afresh, page
 # fault by page fault (a whole file per basket doubled the kernel time of writing).
 _BASKET = 1 << 15
-# uproot's compression of each ``compression`` option (None: uncompressed).
-_CODECS: dict[str, Any] = {
+#: ROOT basket compressions of :func:`write_channels` (the ``compression`` option).
+Compression = Literal["lz4", "zstd", "zlib", "lzma", "none"]
+# uproot's compression of each (None: uncompressed).
+_CODECS: dict[Compression, Any] = {
     "lz4": uproot.LZ4,
     "zstd": uproot.ZSTD,
     "zlib": uproot.ZLIB,
@@ -158,7 +161,7 @@ class HcalSimConfig(_Strict):
 
     # Output
     channels_per_file: int = Field(200_000, gt=0, description="channels (rows) per ROOT file")
-    compression: Literal["lz4", "zstd", "zlib", "lzma", "none"] = Field(
+    compression: Compression = Field(
         "lz4", description="ROOT basket compression (lz4: fastest; zstd: ~25% smaller, slower)"
     )
     compression_level: int = Field(1, ge=1, le=9, description="compression level (1: fastest)")
@@ -697,7 +700,10 @@ def generate_channels(
 
 
 def write_channels(
-    branches: Mapping[str, np.ndarray], path: str | Path, compression: str = "lz4", level: int = 1
+    branches: Mapping[str, np.ndarray],
+    path: str | Path,
+    compression: Compression = "lz4",
+    level: int = 1,
 ) -> Path:
     """Write tree ``Events`` with FACILE's branches (:data:`BRANCHES`) to ``path`` atomically.
 
