@@ -8,17 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 from conftest import flat_config, write_flat
 
 from detlearn.cli import app
 from detlearn.config import load_config
+from detlearn.data.splits import group_hash
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import Dataset
+from detlearn.io.dataset import GROUP_COLUMN, Dataset
 from detlearn.prepare import prepare
 
 
@@ -45,12 +47,18 @@ def test_manifest_records_schema_shards_and_sources(tmp_path):
     shard = manifest["shards"][0]
     assert shard["source"]["path"] == files[0] and shard["source"]["size"] > 0
     assert (shard["entry_start"], shard["entry_stop"], shard["rows"]) == (0, 250, 250)
-    crc = zlib.crc32((tmp_path / "ds" / shard["file"]).read_bytes())
-    assert shard["checksum"] == f"crc32:{crc:08x}"  # as the bytes went out = as they lie now
+    stored = (tmp_path / "ds" / shard["file"]).read_bytes()
+    assert shard["checksum"] == f"xxh3:{xxhash.xxh3_64_hexdigest(stored)}"  # as it lies now
     assert manifest["config_hash"] and manifest["detlearn_version"]
     ds = Dataset.open(tmp_path / "ds")
     p = ds.load(["p"])["p"]
     assert p.shape == (1200,) and (p > 0).all()
+    # The split hash is not stored but computed on loading, from the file name and event id.
+    assert GROUP_COLUMN not in pq.read_schema(tmp_path / "ds" / shard["file"]).names
+    both = ds.load(["event", GROUP_COLUMN])
+    first = manifest["shards"][0]["rows"]
+    expected = group_hash(Path(files[0]).name, both["event"][:first])
+    np.testing.assert_array_equal(both[GROUP_COLUMN][:first], expected)
 
 
 def test_values_equal_a_direct_numpy_computation(tmp_path):

@@ -26,10 +26,8 @@ import numpy as np
 
 from detlearn import __version__
 from detlearn.config import DataConfig, RunConfig, config_hash
-from detlearn.data.splits import group_hash
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import (
-    GROUP_COLUMN,
     MANIFEST,
     atomic_write_json,
     read_shard_record,
@@ -152,18 +150,17 @@ def process_item(item: WorkItem, data: DataConfig, shard: Path, chash: str) -> d
     if group not in values:
         raise DetlearnError(f"{chunk.where}: extractor returned no group column '{group}'")
     values, nonfinite = _drop_nonfinite(values, data, chunk.path)
-    values[GROUP_COLUMN] = group_hash(Path(item.source.path).name, values[group])
     checksum = write_shard(values, shard)
     record = {
         "file": f"shards/{shard.name}",
         "source": item.source.as_dict(),
         "entry_start": item.entry_start,
         "entry_stop": item.entry_stop,
-        "rows": len(values[GROUP_COLUMN]),
+        "rows": len(values[group]),
         "checksum": checksum,
         "config_hash": chash,
         "nonfinite_dropped": nonfinite,
-        "dtypes": {k: str(v.dtype) for k, v in values.items() if k != GROUP_COLUMN},
+        "dtypes": {k: str(v.dtype) for k, v in values.items()},
     }
     atomic_write_json(shard.with_suffix(".done.json"), record)
     return record
