@@ -54,6 +54,7 @@ __all__ = [
     "compare_at_label",
     "evaluate",
     "heldout_labels",
+    "statistical_floor",
     "train_rows_at",
 ]
 
@@ -87,11 +88,12 @@ def _rel(value: float, reference: float) -> float:
     return (value - reference) / abs(reference)
 
 
-def _floor(
+def statistical_floor(
     x: np.ndarray, stat: Any, resamples: int, rng: np.random.Generator, size: int | None = None
 ) -> float:
     """2 √2 σ_boot / |stat(x)|: the 95 % spread of the relative difference of two samples of
-    ``len(x)``; with ``size``, 2 σ_boot / |stat(x)| of one sample of ``size`` drawn from x."""
+    ``len(x)`` (sim vs sim); with ``size``, 2 σ_boot / |stat(x)| of one sample of ``size`` drawn
+    from x. σ_boot: the standard deviation of ``stat`` over ``resamples`` bootstrap samples."""
     m = len(x) if size is None else size
     boot = [stat(x[rng.integers(0, len(x), m)]) for _ in range(resamples)]
     factor = 2.0 * math.sqrt(2.0) if size is None else 2.0
@@ -140,9 +142,11 @@ def compare_at_label(
             ref = float(stat(a))
             row[f"{name}_{f}"] = _rel(float(stat(m)), ref)
             row[f"{name}_{f}_sim2"] = _rel(float(stat(b)), ref)
-            row[f"{name}_{f}_floor"] = _floor(a, stat, bootstrap, rng)
+            row[f"{name}_{f}_floor"] = statistical_floor(a, stat, bootstrap, rng)
             if train_rows:
-                row[f"{name}_{f}_data"] = _floor(a, stat, bootstrap, rng, size=train_rows)
+                row[f"{name}_{f}_data"] = statistical_floor(
+                    a, stat, bootstrap, rng, size=train_rows
+                )
             limit = max(tolerance, row[f"{name}_{f}_floor"])
             passes[name] &= abs(row[f"{name}_{f}"]) <= limit
         qa, qm, qb = (np.quantile(s, QUANTILES) for s in (a, m, b))
