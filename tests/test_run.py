@@ -211,6 +211,25 @@ def test_training_is_reproducible_within_one_process(tmp_path):
     np.testing.assert_array_equal(predictions[0], predictions[1])
 
 
+def test_the_runs_split_fractions_decide_not_the_prepared_ones(trained):
+    """Splits are cut on loading: a run's ``split`` applies to a dataset prepared with others."""
+    from detlearn.io.dataset import Dataset
+    from detlearn.run import _training_splits
+
+    ds = Dataset.open(trained / "ds")
+    info = json.loads((trained / "run" / "run.json").read_text())
+    for train_fraction in (0.8, 0.5):
+        split = {"train": train_fraction, "val": 1 - train_fraction, "test": 0.0}
+        cfg = validate_config({**info["config"], "split": split})
+        parts, _ = _training_splits(cfg, ds, ["c", "_group"], ["c"])
+        rows = {name: len(part["c"]) for name, part in parts.items()}
+        assert rows["train"] + rows["val"] == ds.rows  # nothing left for test
+        sigma = np.sqrt(train_fraction * (1 - train_fraction) / ds.rows)
+        assert abs(rows["train"] / ds.rows - train_fraction) < 5 * sigma
+        # Evaluation reads the test split with the run's fractions too: none here.
+        assert len(ds.load(["c"], split="test", fractions=cfg.split.model_dump())["c"]) == 0
+
+
 def test_balance_weighs_every_label_alike_and_keeps_row_weights():
     from detlearn.run import _flow_tensors
 

@@ -228,7 +228,9 @@ def _export_regressor(run_dir: Path, out: Path, rows: int) -> dict[str, Any]:
     model = reg.model
     name = reg.target_name
     ds = Dataset.open(reg.info["dataset"])
-    part = ds.load(reg.input_names, split="test", max_rows=rows)
+    part = ds.load(
+        reg.input_names, split="test", max_rows=rows, fractions=reg.info["config"]["split"]
+    )
     x = np.stack([part[k] for k in reg.input_names], 1)
     try:
         graph, parity = faithful_regressor_onnx(model, x)

@@ -85,7 +85,8 @@ def _training_splits(
                     f"split.holdout: column '{col}' is not a context column of {dataset} "
                     f"(context: {', '.join(context)})"
                 )
-    splits = {s: ds.load(columns, split=s) for s in ("train", "val")}
+    fractions = cfg.split.model_dump(mode="json")
+    splits = {s: ds.load(columns, split=s, fractions=fractions) for s in ("train", "val")}
     for name, part in splits.items():
         if len(part[GROUP_COLUMN]) == 0:
             raise DetlearnError(f"{dataset}: the '{name}' split is empty; prepare more events")

@@ -19,7 +19,7 @@ import json
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,8 +177,14 @@ class Dataset:
         columns: Sequence[str] | None = None,
         split: str | None = None,
         max_rows: int | None = None,
+        fractions: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Read columns of all shards (optionally only one split) as numpy arrays."""
+        """Read columns of all shards (optionally only one split) as numpy arrays.
+
+        ``fractions``: the split's ``train``/``val``/``test`` fractions and ``seed`` (a run's
+        ``split`` config); by default those the dataset was prepared with. Splits are decided
+        on loading, so a run may change them without preparing again.
+        """
         wanted = list(columns) if columns is not None else list(self.columns)
         unknown = [c for c in wanted if c not in self.columns and c != GROUP_COLUMN]
         if unknown:
@@ -207,7 +213,7 @@ class Dataset:
             for name in wanted
         }
         if groups is not None and split is not None:
-            mask = split_mask(groups, split, self.manifest["split"])
+            mask = split_mask(groups, split, fractions or self.manifest["split"])
             out = {k: v[mask] for k, v in out.items()}
         if max_rows is not None:
             out = {k: v[:max_rows] for k, v in out.items()}

@@ -212,7 +212,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             f"{ds.root}: the hcal-energy evaluation needs column '{missing[0]}' "
             f"(needs {', '.join(needed)})"
         )
-    data = ds.load([*reg.input_names, *needed], split="test")
+    data = ds.load([*reg.input_names, *needed], split="test", fractions=config["split"])
     n = min(len(data["genE"]), int(config["evaluation"]["max_rows"]))
     if n == 0:
         raise DetlearnError(f"{ds.root}: the test split is empty; prepare more channels")

@@ -86,7 +86,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     k_min = int(options["min_photons"])
 
     ds = Dataset.open(surrogate.info["dataset"])
-    test = ds.load(["z", "theta", "p", "dt", "photon"], split="test")
+    test = ds.load(["z", "theta", "p", "dt", "photon"], split="test", fractions=config["split"])
     rows = np.flatnonzero(test["photon"] > 0)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(rows, min(max_rows, len(rows)), replace=False))

@@ -204,7 +204,9 @@ def train_rows_at(info: dict[str, Any], labels: np.ndarray) -> list[int | None]:
     from detlearn.io.dataset import Dataset
 
     try:
-        part = Dataset.open(info["dataset"]).load(list(CONTEXT), split="train")
+        part = Dataset.open(info["dataset"]).load(
+            list(CONTEXT), split="train", fractions=info["config"]["split"]
+        )
     except (DetlearnError, OSError, KeyError):
         return [None] * len(labels)
     rows = np.stack([part[k] for k in CONTEXT], 1)
