@@ -15,7 +15,7 @@ from detlearn.config import validate_config
 from detlearn.errors import DetlearnError
 from detlearn.export import export_run
 from detlearn.prepare import prepare
-from detlearn.run import ContextRangeWarning, Surrogate, train
+from detlearn.run import ContextRangeWarning, DatasetConfigWarning, Surrogate, train
 
 
 @pytest.fixture(scope="module")
@@ -258,15 +258,20 @@ def test_tempered_balance_weighs_labels_by_the_root_of_their_rows():
     np.testing.assert_allclose(w.numpy(), 1.0, rtol=1e-6)  # power 0: plain rows
 
 
+def test_training_warns_when_the_dataset_came_from_another_data_config(trained):
+    config = json.loads((trained / "run" / "run.json").read_text())["config"]
+    changed = {**config["data"], "selection": "c > 0.5"}  # not what the dataset was made with
+    # An invalid balance stops the training right after the check, before any fitting.
+    cfg = validate_config({**config, "data": changed, "training": {"balance": ["t"]}})
+    with (
+        pytest.warns(DatasetConfigWarning, match="prepared from another data config"),
+        pytest.raises(DetlearnError, match=r"training\.balance"),
+    ):
+        train(cfg, trained / "ds", trained / "run_other_data", progress=False)
+
+
 def test_balance_must_name_a_context_column(trained):
-    cfg = validate_config(
-        {
-            "data": {
-                "inputs": [str(trained / "toy.root")],
-                "columns": {"c": {"role": "context"}, "t": {"role": "target", "lower": 0.0}},
-            },
-            "training": {"balance": ["t"]},
-        }
-    )
+    config = json.loads((trained / "run" / "run.json").read_text())["config"]
+    cfg = validate_config({**config, "training": {**config["training"], "balance": ["t"]}})
     with pytest.raises(DetlearnError, match=r"training.balance: 't' is not a context column"):
         train(cfg, trained / "ds", trained / "run_balance", progress=False)

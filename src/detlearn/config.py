@@ -38,6 +38,7 @@ __all__ = [
     "SplitConfig",
     "TrainingConfig",
     "config_hash",
+    "data_hash",
     "deep_merge",
     "dump_commented_yaml",
     "load_config",
@@ -411,6 +412,12 @@ def config_hash(section: BaseModel) -> str:
     """A short stable hash of a config section (what decides whether a shard is reusable)."""
     payload = json.dumps(section.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def data_hash(data: DataConfig) -> str:
+    """The hash of what in ``data`` decides a dataset's rows: all but ``inputs`` (each shard
+    records its own source file, so adding files reuses the others' shards) and ``on_error``."""
+    return config_hash(data.model_copy(update={"inputs": [], "on_error": "stop"}))
 
 
 def dump_commented_yaml(model: BaseModel, indent: int = 0) -> str:

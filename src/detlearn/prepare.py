@@ -25,7 +25,7 @@ import awkward as ak
 import numpy as np
 
 from detlearn import __version__
-from detlearn.config import DataConfig, RunConfig, config_hash
+from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import (
     MANIFEST,
@@ -197,7 +197,7 @@ def prepare(
     out = Path(out)
     data = cfg.data
     t0 = time.perf_counter()
-    chash = config_hash(data.model_copy(update={"inputs": [], "on_error": "stop"}))
+    chash = data_hash(data)
     sources, failed = resolve_sources(data.inputs, data.tree, data.on_error)
     items = plan_work_items(sources, data.step_size)
     shard_dir = out / "shards"

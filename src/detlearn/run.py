@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from detlearn import __version__
-from detlearn.config import RunConfig
+from detlearn.config import RunConfig, data_hash
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json, read_json_object
 
 __all__ = [
     "ContextRangeWarning",
+    "DatasetConfigWarning",
     "Regression",
     "Surrogate",
     "read_run_info",
@@ -47,6 +48,10 @@ RUN_FORMAT = 1
 
 class ContextRangeWarning(UserWarning):
     """Contexts outside the range seen in training (the model extrapolates there)."""
+
+
+class DatasetConfigWarning(UserWarning):
+    """A dataset prepared from another ``data`` config than the run's (its columns apply)."""
 
 
 @contextmanager
@@ -173,6 +178,15 @@ def train(
     if cfg.model.family == "classifier":
         raise DetlearnError("model.family 'classifier' is not trainable by this command yet")
     ds = Dataset.open(dataset)
+    if ds.manifest.get("config_hash") != data_hash(cfg.data):
+        warnings.warn(
+            DatasetConfigWarning(
+                f"{dataset}: prepared from another data config than this run's (columns, "
+                "roles, selection or reading options differ); training uses the dataset's "
+                "columns and roles: run detlearn prepare with this config to apply its own"
+            ),
+            stacklevel=2,
+        )
     if cfg.recipe and ds.manifest.get("recipe") not in (None, cfg.recipe):
         raise DetlearnError(
             f"{dataset}: dataset was prepared for recipe '{ds.manifest['recipe']}', "
