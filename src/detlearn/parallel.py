@@ -31,7 +31,7 @@ from typing import Any
 from detlearn.config import ExecutorConfig, SlurmConfig
 from detlearn.errors import DetlearnError
 
-__all__ = ["InlineExecutor", "LocalExecutor", "executor", "slurm_cluster"]
+__all__ = ["InlineExecutor", "LocalExecutor", "executor", "prestart", "slurm_cluster"]
 
 
 class InlineExecutor(Executor):
@@ -115,6 +115,22 @@ def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     # __main__ too: a worker otherwise re-imports the main script (the CLI: typer, rich) itself.
     ctx.set_forkserver_preload(["__main__", *preload])
     return ctx
+
+
+def prestart(cfg: ExecutorConfig, preload: Sequence[str] = ()) -> None:
+    """Start the local workers' fork server now, without waiting for it.
+
+    Its imports (about a second) then run while this process does other work before it opens
+    :func:`executor` with the same ``preload`` (opening the inputs, checking finished shards:
+    ~0.4 s for 100 files). Does nothing for dask or slurm, one worker, or where there is no
+    fork server (Windows).
+    """
+    if cfg.kind != "local" or cfg.workers < 2:
+        return
+    if _context(preload).get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def _require(module: str, extra: str) -> Any:

@@ -35,7 +35,7 @@ from detlearn.io.dataset import (
 )
 from detlearn.io.expressions import ColumnSet
 from detlearn.io.sources import Chunk, WorkItem, plan_work_items, resolve_sources
-from detlearn.parallel import executor
+from detlearn.parallel import executor, prestart
 
 __all__ = ["PrepareSummary", "expression_extractor", "prepare", "process_item", "resolve_extractor"]
 
@@ -198,6 +198,7 @@ def prepare(
     data = cfg.data
     t0 = time.perf_counter()
     chash = data_hash(data)
+    prestart(cfg.executor, preload=[__name__])
     sources, failed = resolve_sources(data.inputs, data.tree, data.on_error)
     items = plan_work_items(sources, data.step_size)
     shard_dir = out / "shards"
