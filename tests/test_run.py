@@ -135,6 +135,19 @@ def test_cli_sample_writes_parquet(trained, tmp_path, runner):
     assert len(table["t"]) == 1000 and set(table["c"]) == {0.2, 0.7}
 
 
+def test_cli_prints_a_warning_as_one_line(trained, tmp_path, runner):
+    """Outside the training range the model extrapolates: the CLI says so in one line."""
+    out = tmp_path / "s.parquet"
+    result = runner.invoke(
+        app, ["sample", str(trained / "run"), "-c", "c=1.5", "-n", "200", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "warning:" in line]
+    assert len(lines) == 1 and "outside" in lines[0], result.output
+    assert "warnings.warn" not in result.output  # no source line, no file:line prefix
+    assert out.is_file()
+
+
 def test_cli_sample_bad_context(trained, runner):
     result = runner.invoke(app, ["sample", str(trained / "run"), "-c", "x=0.2"])
     assert result.exit_code == 2 and "missing column 'c'" in result.output

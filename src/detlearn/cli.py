@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,7 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from detlearn.errors import DetlearnError
+from detlearn.errors import DetlearnError, DetlearnWarning
 
 __all__ = ["app", "main"]
 
@@ -41,17 +42,33 @@ SetOption = Annotated[
 
 def _user_errors(fn: F) -> F:
     """Turn a DetlearnError, or an OSError (a folder that cannot be made, a full disk, a
-    permission), into one red line on stderr and exit code 2."""
+    permission), into one red line on stderr and exit code 2; a DetlearnWarning into one yellow
+    line on stderr (each shown once)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (DetlearnError, OSError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=DetlearnError.exit_code) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", DetlearnWarning)
+            warnings.showwarning = _one_line_warning(warnings.showwarning)
+            try:
+                return fn(*args, **kwargs)
+            except (DetlearnError, OSError) as e:
+                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(code=DetlearnError.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line_warning(other: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing a DetlearnWarning as one line; ``other`` the rest."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DetlearnWarning):
+            err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            other(message, category, *args, **kwargs)
+
+    return show
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

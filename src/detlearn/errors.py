@@ -1,8 +1,9 @@
-"""The one exception type users see: a clear, single-line message and exit code 2."""
+"""The one exception type users see (a clear, single-line message and exit code 2), and the
+base of detlearn's warnings (one line from the CLI)."""
 
 from __future__ import annotations
 
-__all__ = ["DetlearnError"]
+__all__ = ["DetlearnError", "DetlearnWarning"]
 
 
 class DetlearnError(Exception):
@@ -16,3 +17,8 @@ class DetlearnError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class DetlearnWarning(UserWarning):
+    """Something the user should know that does not stop the job (a model extrapolating, a
+    dataset made from another config). The CLI prints it as one line on stderr."""

@@ -29,7 +29,7 @@ import torch
 
 from detlearn import __version__
 from detlearn.config import RunConfig, data_hash
-from detlearn.errors import DetlearnError
+from detlearn.errors import DetlearnError, DetlearnWarning
 from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json, read_json_object
 
 __all__ = [
@@ -46,11 +46,11 @@ RUN_FILE = "run.json"
 RUN_FORMAT = 1
 
 
-class ContextRangeWarning(UserWarning):
+class ContextRangeWarning(DetlearnWarning):
     """Contexts outside the range seen in training (the model extrapolates there)."""
 
 
-class DatasetConfigWarning(UserWarning):
+class DatasetConfigWarning(DetlearnWarning):
     """A dataset prepared from another ``data`` config than the run's (its columns apply)."""
 
 
