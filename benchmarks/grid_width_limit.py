@@ -32,11 +32,12 @@ import argparse
 import numpy as np
 
 from detlearn.config import SplitConfig
-from detlearn.data.holdout import checkerboard
+from detlearn.data.holdout import checkerboard, holdout_mask
 from detlearn.evaluation.metrics import width68
 from detlearn.recipes.mass_grid.density import (
     MassGridConfig,
     acceptance,
+    core_parameters,
     grid_points,
     sample_reco,
 )
@@ -59,8 +60,7 @@ def replica(
     cfg = MassGridConfig()
     grid = grid_points(cfg)
     held = checkerboard(grid, list(CONTEXT))
-    is_held = (grid[:, None, :] == held[None, :, :]).all(-1).any(1)
-    train = grid[~is_held]
+    train = grid[~holdout_mask(grid, held)]
     keep = acceptance(train, cfg) * SplitConfig().train
     counts = rng.binomial(events, keep)
     data = [
@@ -70,8 +70,7 @@ def replica(
     # Where the ω core lies at the 3π threshold (the m_ω = 0.25 GeV row) its truncation shifts
     # m_Φ,reco too (the cores' correlation): a flow tells those rows apart by their m_ω,reco, so
     # they are not pooled into the m_Φ marginal.
-    mu_om = cfg.omega_scale * train[:, 1]
-    sigma_om = np.hypot(cfg.omega_resolution * train[:, 1], cfg.omega_noise)
+    _, _, mu_om, sigma_om, _ = core_parameters(train, cfg)
     truncated = mu_om - 5.0 * sigma_om < cfg.omega_threshold
     tol = float(OPTIONS["tolerance"])
     flags = {p: np.zeros((len(held), 2), dtype=bool) for p in powers}

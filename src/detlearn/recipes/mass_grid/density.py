@@ -60,6 +60,7 @@ from scipy.special import betaln, log_ndtr, logsumexp, ndtri_exp, xlog1py, xlogy
 __all__ = [
     "MassGridConfig",
     "acceptance",
+    "core_parameters",
     "gaussian_grid",
     "grid_points",
     "log_density",
@@ -237,10 +238,10 @@ def acceptance(labels: np.ndarray, cfg: MassGridConfig) -> np.ndarray:
     return cfg.acceptance_max * -np.expm1(-labels[:, 0] / cfg.acceptance_scale)
 
 
-def _core(
+def core_parameters(
     labels: np.ndarray, cfg: MassGridConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """(μ_φ, σ_φ, μ_ω, σ_ω, ρ) of the correlated core at each label row."""
+    """(μ_φ, σ_φ, μ_ω, σ_ω, ρ) of the correlated core at each label row [GeV; ρ unitless]."""
     m_phi, m_om = labels[:, 0], labels[:, 1]
     if cfg.mode == "gauss":
         rho = cfg.gauss_correlation if cfg.gauss_correlation is not None else 0.0
@@ -282,7 +283,7 @@ def _components(
     """Log densities of the mixture terms and their weights (see the module docstring)."""
     phi, om = x[:, 0], x[:, 1]
     t = cfg.omega_threshold
-    mu_p, s_p, mu_o, s_o, rho = _core(labels, cfg)
+    mu_p, s_p, mu_o, s_o, rho = core_parameters(labels, cfg)
     core_om = _tn_logpdf(om, mu_o, s_o, t)
     cond_mu = mu_p + rho * s_p * (om - mu_o) / s_o
     core = core_om + _tn_logpdf(phi, cond_mu, s_p * math.sqrt(1.0 - rho**2), 0.0)
@@ -378,7 +379,7 @@ def sample_reco(labels: np.ndarray, cfg: MassGridConfig, rng: np.random.Generato
         raise ValueError(f"labels must have shape (N, 2), got {labels.shape}")
     n = len(labels)
     t = cfg.omega_threshold
-    mu_p, s_p, mu_o, s_o, rho = _core(labels, cfg)
+    mu_p, s_p, mu_o, s_o, rho = core_parameters(labels, cfg)
     om_core = _tn_sample(mu_o, s_o, t, rng)
     if cfg.mode == "gauss":
         cond_mu = mu_p + rho * s_p * (om_core - mu_o) / s_o
