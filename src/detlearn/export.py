@@ -221,16 +221,12 @@ def regressor_runtimes(
 
 def _export_regressor(run_dir: Path, out: Path, rows: int) -> dict[str, Any]:
     """The regressor branch of :func:`export_run` (parity on test-split inputs)."""
-    from detlearn.io.dataset import Dataset
-    from detlearn.run import Regression
+    from detlearn.run import Regression, load_run_split
 
     reg = Regression.load(run_dir)
     model = reg.model
     name = reg.target_name
-    ds = Dataset.open(reg.info["dataset"])
-    part = ds.load(
-        reg.input_names, split="test", max_rows=rows, fractions=reg.info["config"]["split"]
-    )
+    part = load_run_split(reg.info, reg.input_names, "test", max_rows=rows)
     x = np.stack([part[k] for k in reg.input_names], 1)
     try:
         graph, parity = faithful_regressor_onnx(model, x)

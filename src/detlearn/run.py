@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ __all__ = [
     "DatasetConfigWarning",
     "Regression",
     "Surrogate",
+    "load_run_split",
     "read_run_info",
     "train",
     "write_samples",
@@ -361,6 +362,16 @@ def _flow_tensors(
     if w is not None:
         return x, c, torch.as_tensor(w[keep], dtype=torch.float32)
     return x, c
+
+
+def load_run_split(
+    info: Mapping[str, Any], columns: Sequence[str], split: str, max_rows: int | None = None
+) -> dict[str, np.ndarray]:
+    """Columns of a run's dataset in one split, cut with the run's own ``split`` fractions (those
+    it was trained with), not the ones the dataset was prepared with. ``info``: its run.json."""
+    return Dataset.open(info["dataset"]).load(
+        columns, split=split, max_rows=max_rows, fractions=info["config"]["split"]
+    )
 
 
 def read_run_info(

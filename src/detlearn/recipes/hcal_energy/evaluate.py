@@ -198,7 +198,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     from detlearn.export import regressor_runtimes
     from detlearn.io.dataset import Dataset
     from detlearn.report import plot_loss, write_report
-    from detlearn.run import Regression
+    from detlearn.run import Regression, load_run_split
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     reg = Regression.load(run_dir, recipe="hcal-energy")
@@ -212,7 +212,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             f"{ds.root}: the hcal-energy evaluation needs column '{missing[0]}' "
             f"(needs {', '.join(needed)})"
         )
-    data = ds.load([*reg.input_names, *needed], split="test", fractions=config["split"])
+    data = load_run_split(reg.info, [*reg.input_names, *needed], "test")
     n = min(len(data["genE"]), int(config["evaluation"]["max_rows"]))
     if n == 0:
         raise DetlearnError(f"{ds.root}: the test split is empty; prepare more channels")

@@ -61,7 +61,6 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     """Validate the surrogate in ``run_dir`` against the simulator; returns the report path."""
     from detlearn.evaluation import width68
     from detlearn.evaluation.density import validate_conditional
-    from detlearn.io.dataset import Dataset
     from detlearn.recipes.klm_timing.density import log_density
     from detlearn.recipes.klm_timing.simulate import KLMSimConfig, sample_delays, simulate_at
     from detlearn.report import (
@@ -72,7 +71,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         plot_pit,
         write_report,
     )
-    from detlearn.run import Surrogate
+    from detlearn.run import Surrogate, load_run_split
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     surrogate = Surrogate.load(run_dir, recipe="klm-timing")
@@ -85,8 +84,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     max_rows = int(config["evaluation"]["max_rows"])
     k_min = int(options["min_photons"])
 
-    ds = Dataset.open(surrogate.info["dataset"])
-    test = ds.load(["z", "theta", "p", "dt", "photon"], split="test", fractions=config["split"])
+    test = load_run_split(surrogate.info, ["z", "theta", "p", "dt", "photon"], "test")
     rows = np.flatnonzero(test["photon"] > 0)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(rows, min(max_rows, len(rows)), replace=False))

@@ -201,12 +201,10 @@ def heldout_labels(info: dict[str, Any], sim_cfg: MassGridConfig) -> np.ndarray:
 def train_rows_at(info: dict[str, Any], labels: np.ndarray) -> list[int | None]:
     """Rows of the run's training split at each label (held out from training), or None per
     label when the run's dataset is no longer readable."""
-    from detlearn.io.dataset import Dataset
+    from detlearn.run import load_run_split
 
     try:
-        part = Dataset.open(info["dataset"]).load(
-            list(CONTEXT), split="train", fractions=info["config"]["split"]
-        )
+        part = load_run_split(info, list(CONTEXT), "train")
     except (DetlearnError, OSError, KeyError):
         return [None] * len(labels)
     rows = np.stack([part[k] for k in CONTEXT], 1)
