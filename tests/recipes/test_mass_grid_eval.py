@@ -199,3 +199,28 @@ def test_evaluate_needs_a_holdout(trained, tmp_path):
     (run / "run.json").write_text(json.dumps({**info, "holdout": None}))
     with pytest.raises(DetlearnError, match=r"trained without split\.holdout"):
         evaluate(run, tmp_path / "report")
+
+
+def test_the_floor_lets_the_simulator_pass_every_check_at_once():
+    # "Every held-out point within the floor" is one claim over many checks: the simulator
+    # against itself must pass all of them at once ~95 % of the time. A per-check 95 % floor
+    # (z ~ 2) lets it pass all 16 far less often. 80 groups of 16 width checks, sim vs sim2
+    # at one label, each floor from 20 bootstrap resamples, as evaluate computes it.
+    from detlearn.evaluation.metrics import width68
+    from detlearn.recipes.mass_grid.density import sample_reco
+    from detlearn.recipes.mass_grid.evaluate import floor_z, statistical_floor
+
+    rng = np.random.default_rng(3)
+    cfg, label = MassGridConfig(), np.full((2000, 2), [2460.0, 5.125])
+    checks, groups, resamples = 16, 80, 20
+    ratios = np.empty((groups, checks))  # |sim2 - sim| / (√2 σ_boot), per check
+    for g in range(groups):
+        for c in range(checks):
+            a, b = (sample_reco(label, cfg, rng)[:, c % 2] for _ in range(2))
+            unit = statistical_floor(a, width68, resamples, rng, z=1.0)
+            ratios[g, c] = abs(width68(b) / width68(a) - 1.0) / unit
+    all_at_once = np.mean((ratios <= floor_z(checks, resamples)).all(axis=1))
+    per_check = np.mean((ratios <= 2.0).all(axis=1))
+    slack = 3.0 * np.sqrt(0.95 * 0.05 / groups)  # three binomial standard deviations
+    assert all_at_once >= 0.95 - slack, (all_at_once, per_check)
+    assert per_check < 0.95 - slack, (all_at_once, per_check)
