@@ -161,6 +161,15 @@ def main() -> None:
                 f"{np.mean(err <= np.maximum(0.01, floor)):.0%}; the training rows at a "
                 f"label pin it to {100 * np.median(data):.2f} % (median)"
             )
+    for r in rows:
+        for stat in ("mean", "width"):
+            for f in ("phi", "omega"):
+                limit = max(0.01, r[f"{stat}_{f}_floor"])
+                if abs(r[f"{stat}_{f}"]) > limit:
+                    print(
+                        f"  misses: {stat} {f} at ({r['label_phi']:g}, {r['label_omega']:g}) GeV: "
+                        f"{100 * r[f'{stat}_{f}']:+.2f} % (limit {100 * limit:.2f} %)"
+                    )
     verdict = "met" if ok else "NOT met"
     print(
         f"goal {verdict} after {t_train:.1f} s of training (budget {args.minutes:g} min); "
