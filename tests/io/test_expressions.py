@@ -80,6 +80,20 @@ def test_invalid_per_entry_index_fails_the_cut_instead_of_raising():
     assert n_after == 1 and values["pt"].tolist() == [300.0]
 
 
+def test_per_entry_index_after_a_cut_that_keeps_no_entry():
+    # A file of one grid point that the selection rejects whole (a cut on the generated mass).
+    arrays = {
+        "TwoProng_massPi0": ak.Array([[0.5, 1.5], [3.5]]),
+        "CBL_RecoPhi_twoprongindex": np.array([1, -1], dtype=np.int32),
+        "GenOmega_mass": ak.Array([[0.25], [0.25]]),
+    }
+    columns = ColumnSet(
+        {"omega": "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]"}, "GenOmega_mass[:, 0] > 0.5"
+    )
+    values, n_before, n_after = columns.evaluate(arrays)
+    assert (n_before, n_after) == (2, 0) and values["omega"].shape == (0,)
+
+
 def test_first_element_of_every_entry_after_a_cut():
     arrays = {"GenPhi_mass": ak.Array([[2464.0, 1.0], [], [1000.0]])}
     columns = ColumnSet({"labelphi": "GenPhi_mass[:, 0]"}, "ak.num(GenPhi_mass) > 0")

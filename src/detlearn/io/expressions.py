@@ -142,8 +142,8 @@ def _subscript(value: Any, index: Any) -> Any:
     # Index branches mark "no candidate" with -1; such entries (and any out of range) become
     # None instead of an error, because a vectorized cut cannot short-circuit around them.
     ok = (idx >= 0) & (idx < counts)
-    picked = values[ak.unflatten(ak.mask(ak.Array(np.where(ok, idx, 0)), ok), 1)]
-    return picked[:, 0]
+    # One index or none per entry (singletons): also right for a chunk the cut left empty.
+    return ak.firsts(values[ak.singletons(ak.mask(ak.Array(np.where(ok, idx, 0)), ok))])
 
 
 def _first_line(err: BaseException) -> str:
