@@ -154,6 +154,25 @@ def test_parallel_executors_give_the_same_dataset(tmp_path, kind):
     assert a.keys() == b.keys() and all(a[k].equals(b[k]) for k in a)
 
 
+def test_script_without_a_main_guard_is_told_why_the_workers_died(tmp_path):
+    # The fork server imports the script as a module, so its unguarded prepare() runs there too.
+    files = [str(write_flat(tmp_path / f"f{i}.root", n=500, seed=i)) for i in range(2)]
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from detlearn.config import load_config\n"
+        "from detlearn.prepare import prepare\n"
+        f"cfg = load_config({str(flat_config(tmp_path, files))!r}, "
+        "{'executor': {'workers': 2}})\n"
+        f"prepare(cfg, {str(tmp_path / 'ds')!r}, progress=False)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert 'if __name__ == "__main__":' in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
 def test_nonfinite_rows_dropped_and_counted(tmp_path):
     path = write_flat(tmp_path / "f.root", n=500, nan_rows=7)
     summary = prepare(

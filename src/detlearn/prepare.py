@@ -17,6 +17,7 @@ import importlib
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,12 @@ def prepare(
 
 
 def _reason(err: BaseException) -> str:
+    if isinstance(err, BrokenProcessPool):
+        # The fork server imports __main__: a script's unguarded top level runs there too.
+        return (
+            "a worker process died (killed, out of memory, or a Python script that calls "
+            'prepare() with local workers outside an `if __name__ == "__main__":` block)'
+        )
     text = str(err).splitlines()[0] if str(err) else ""
     return text if isinstance(err, DetlearnError) else f"{type(err).__name__}: {text}"
 
