@@ -13,7 +13,7 @@ every held-out label with ``--samples`` draws (model, sim, sim2 each) and time
 training; the time reported is the training wall time, with whether the goal was met.
 
 Run: .venv/bin/python benchmarks/grid_interp.py [--events 100000] [--minutes 15] [--quick]
-     [--epochs N] [--patience N] [--batch N] [--no-balance] [--set JSON]   (overrides, for
+     [--epochs N] [--patience N] [--batch N] [--set JSON]   (overrides, for
      experiments; --set takes a config fragment, merged last, e.g.
      '{"model": {"flow": {"transforms": 6}}}')
      .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
@@ -70,9 +70,6 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="events per grid point")
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget [min]")
     parser.add_argument("--epochs", type=int, default=None, help="override training.max_epochs")
-    parser.add_argument(
-        "--no-balance", action="store_true", help="training.balance off (rows weigh alike)"
-    )
     parser.add_argument("--patience", type=int, default=None, help="override training.patience")
     parser.add_argument("--batch", type=int, default=None, help="override training.batch_size")
     parser.add_argument(
@@ -96,7 +93,6 @@ def main() -> None:
         "max_epochs": args.epochs,
         "patience": args.patience,
         "batch_size": args.batch,
-        "balance": [] if args.no_balance else None,
     }
     flags: dict = {"training": {k: v for k, v in training.items() if v is not None}}
     n_rate = 1_000_000
