@@ -144,28 +144,27 @@ def main() -> None:
         f"x{cfg.model.flow.transforms}, hidden {cfg.model.flow.hidden}); "
         f"evaluate {len(labels)} held-out labels x {args.samples:,} samples: {t_eval:.1f} s"
     )
+    tol = float(OPTIONS["tolerance"])
     for stat in ("mean", "width"):
         for f in ("phi", "omega"):
-            err = np.abs([r[f"{stat}_{f}"] for r in rows])
+            signed = np.array([r[f"{stat}_{f}"] for r in rows])
+            err = np.abs(signed)
             base = np.abs([r[f"{stat}_{f}_sim2"] for r in rows])
             floor = np.array([r[f"{stat}_{f}_floor"] for r in rows])
             data = np.array([r.get(f"{stat}_{f}_data", np.nan) for r in rows])
+            limit = np.maximum(tol, floor)
             print(
                 f"  |Δ {stat:5s} {f:5s}| max {100 * err.max():6.2f} %  median "
                 f"{100 * np.median(err):5.2f} %  (sim2 max {100 * base.max():5.2f} %, "
                 f"floor max {100 * floor.max():5.2f} %), points passing "
-                f"{np.mean(err <= np.maximum(0.01, floor)):.0%}; the training rows at a "
+                f"{np.mean(err <= limit):.0%}; the training rows at a "
                 f"label pin it to {100 * np.median(data):.2f} % (median)"
             )
-    for r in rows:
-        for stat in ("mean", "width"):
-            for f in ("phi", "omega"):
-                limit = max(0.01, r[f"{stat}_{f}_floor"])
-                if abs(r[f"{stat}_{f}"]) > limit:
-                    print(
-                        f"  misses: {stat} {f} at ({r['label_phi']:g}, {r['label_omega']:g}) GeV: "
-                        f"{100 * r[f'{stat}_{f}']:+.2f} % (limit {100 * limit:.2f} %)"
-                    )
+            for k in np.flatnonzero(err > limit):
+                print(
+                    f"    misses at ({labels[k][0]:g}, {labels[k][1]:g}) GeV: "
+                    f"{100 * signed[k]:+.2f} % (limit {100 * limit[k]:.2f} %)"
+                )
     verdict = "met" if ok else "NOT met"
     print(
         f"goal {verdict} after {t_train:.1f} s of training (budget {args.minutes:g} min); "
