@@ -198,12 +198,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     tol, boot = float(OPTIONS["tolerance"]), int(OPTIONS["bootstrap"])
+    points = len(checkerboard(grid_points(MassGridConfig()), list(CONTEXT)))
+    judgements = (("per check", floor_z(1, boot)), ("all at once", floor_z(2 * points, boot)))
+    names = {"simulator": "simulator", "fit": "fitted form"}
     print(
-        "fraction of the 32 interior held-out points whose 68 % widths pass, mean [min-max] "
-        f"over {args.replicas} replicas; 'every point': replicas in which all 32 pass both.\n"
-        "within max(1 %, floor); the floor's z covering each check alone "
-        f"({floor_z(1, boot):.2f}) or all 64 at "
-        f"once ({floor_z(64, boot):.2f}, as detlearn evaluate judges)"
+        f"fraction of the {points} interior held-out points whose 68 % widths pass, mean "
+        f"[min-max] over {args.replicas} replicas; 'every point': replicas in which all pass "
+        f"both.\nwithin max(1 %, floor); the floor's z covering each check alone "
+        f"({judgements[0][1]:.2f}) or all {2 * points} at once ({judgements[1][1]:.2f}, as "
+        "detlearn evaluate judges)"
     )
     for events in args.events:
         rng = np.random.default_rng([args.seed, events])
@@ -211,9 +214,8 @@ def main() -> None:
             replica(events, args.powers, args.samples, rng, args.fit) for _ in range(args.replicas)
         ]
         for key in runs[0][0]:
-            names = {"simulator": "simulator", "fit": "fitted form"}
             name = names[key] if key in names else f"row oracle, balance_power {key:g}"
-            for judged, z in (("per check", floor_z(1, boot)), ("all at once", floor_z(64, boot))):
+            for judged, z in judgements:
                 flags = [np.abs(e[key]) <= np.maximum(tol, z * f) for e, f in runs]
                 print(f"{events:>7} events/point, {name}, {judged}:  {_cells(flags)}", flush=True)
 
