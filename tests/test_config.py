@@ -12,6 +12,7 @@ from detlearn.config import (
     validate_config,
 )
 from detlearn.errors import DetlearnError
+from detlearn.recipes import RECIPES, get_recipe
 
 
 def test_misspelled_key_names_key_and_nearest_spelling():
@@ -49,6 +50,24 @@ def test_relative_inputs_resolve_against_config_folder(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(DetlearnError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: mass-grid\ntraining:\n  seed: 1\nsplit: {}\ntraining:\n  lr: 0.1\n")
+    with pytest.raises(DetlearnError, match=r"run\.yaml: line 5: key 'training' twice$"):
+        load_config(path)
+    path.write_text("training:\n  seed: 1\n  seed: 2\n")
+    with pytest.raises(DetlearnError, match=r"line 3: key 'seed' twice$"):
+        load_config(path)
+    path.write_text("training: [1\n")
+    with pytest.raises(DetlearnError, match=r"run\.yaml: not valid YAML \(ParserError\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipes_default_config_reads_without_a_repeated_key(recipe):
+    assert get_recipe(recipe).default_config()["recipe"] == recipe
 
 
 def test_commented_dump_round_trips_to_the_same_config():

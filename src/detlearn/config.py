@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -43,6 +43,7 @@ __all__ = [
     "dump_commented_yaml",
     "load_config",
     "merge_options",
+    "read_yaml",
     "validate_config",
     "validate_options",
 ]
@@ -379,6 +380,40 @@ def merge_options(
     return {**defaults, **given}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently, so a second ``training:`` section would drop the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key '{key}' twice")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; a key repeated in one mapping is an error.
+
+    Raises:
+        DetlearnError: naming the file (and the line of a repeated key) if it is not valid YAML.
+    """
+    try:
+        # _UniqueKeyLoader is a SafeLoader: no Python objects are built.
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise DetlearnError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise DetlearnError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config, merged over its recipe's defaults.
 
@@ -387,10 +422,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     if not path.is_file():
         raise DetlearnError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DetlearnError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise DetlearnError(f"{path}: a config must be a mapping of sections")
     if overrides:

@@ -18,8 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
-
+from detlearn.config import read_yaml
 from detlearn.errors import DetlearnError
 
 __all__ = ["RECIPES", "Recipe", "get_recipe"]
@@ -41,7 +40,7 @@ class Recipe:
     def default_config(self) -> dict[str, Any]:
         """The recipe's default run config (its ``recipe.yaml``) as a dict."""
         path = Path(__file__).parent / self.module_name.rsplit(".", 1)[-1] / "recipe.yaml"
-        return yaml.safe_load(path.read_text()) or {}
+        return read_yaml(path) or {}
 
     def function(self, name: str) -> Any:
         """The recipe's ``name`` function, or a clear error if it has none."""
