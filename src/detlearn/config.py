@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    ValidationError,
+    model_validator,
+)
 
 from detlearn.errors import DetlearnError
 
@@ -183,6 +190,15 @@ class FlowConfig(_Strict):
         description=(
             "target -> context column (> 0): the flow models the target in units of it, "
             "x / c (bounds scale alike), e.g. a reconstructed mass relative to the generated one"
+        ),
+    )
+    context_noise: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description=(
+            "context column -> standard deviation of Gaussian noise added to it in training "
+            "only, in the units the network reads (natural log for a log_context column, so "
+            "0.1 smears a label by ~10 %): smooths what is learned between the few values of a "
+            "grid label so that neighbouring labels pool their data"
         ),
     )
 

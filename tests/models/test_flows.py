@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import zuko
+from pydantic import ValidationError
 
 from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
@@ -395,14 +396,20 @@ def test_sampling_from_several_threads_at_once_gives_the_sequential_samples():
 RELATIVE = {"x0": "c0", "x1": "c1", "x2": "c0", "x3": "c1"}  # every support kind of MIXED
 
 
-def make_relative_flow(kind: str) -> tuple[ConditionalFlow, torch.Tensor]:
+def make_relative_flow(kind: str, **cfg: object) -> tuple[ConditionalFlow, torch.Tensor]:
     """A MIXED-support flow whose four targets are relative to the two (positive) contexts,
     the network seeing log(c0), and positive contexts spanning decades (like generated masses)."""
     torch.manual_seed(0)
     lower = [SUPPORTS[s][0] for s in MIXED]
     upper = [SUPPORTS[s][1] for s in MIXED]
     config = FlowConfig(
-        kind=kind, hidden=[16, 16], transforms=2, bins=6, relative_to=RELATIVE, log_context=["c0"]
+        kind=kind,
+        hidden=[16, 16],
+        transforms=2,
+        bins=6,
+        relative_to=RELATIVE,
+        log_context=["c0"],
+        **cfg,
     )
     flow = ConditionalFlow(4, CONTEXT, config, lower, upper)
     c = torch.exp(1.5 * torch.randn(500, CONTEXT))
@@ -497,6 +504,46 @@ def test_log_context_is_standardized_in_log_space_and_must_be_positive():
         match=r"context 'c1' has 1 values <= 0 or NaN, but must be > 0: it is in model\.flow\.log_context",
     ):
         plain.fit_normalization(torch.ones(2, 1), c)
+
+
+def test_context_noise_smears_the_network_context_in_training_only(tmp_path):
+    # c0 is read as log(c0): its noise is in log units, i.e. a relative smear of the label.
+    flow, c = make_relative_flow("nsf", context_noise={"c0": 0.1})
+    n = 200_000
+    c = c[torch.randint(len(c), (n,), generator=torch.Generator().manual_seed(1))]
+    torch.manual_seed(2)
+    noise = flow._context(c, noisy=True) - flow._context(c)
+    # The standardized context moves by 0.1 / std(log c0) in column 0, not at all in column 1;
+    # the sample standard deviation of n normal draws is known to 1 / sqrt(2 n) relative.
+    want = 0.1 / float(flow.c_std[0])
+    assert abs(float(noise[:, 0].std()) / want - 1) < 4 / math.sqrt(2 * n)
+    assert abs(float(noise[:, 0].mean())) < 4 * want / math.sqrt(n)
+    assert (noise[:, 1] == 0).all()
+
+    x = flow.sample(c[:256], 1, generator=torch.Generator().manual_seed(3))[:, 0]
+    batch = (x, c[:256])
+    exact = -flow.log_prob(*batch).mean()
+    flow.eval()  # validation and every use after training: the density at the labels as given
+    torch.testing.assert_close(flow.loss(batch), exact, atol=0, rtol=0)
+    flow.train()
+    noisy = [flow.loss(batch) for _ in range(2)]
+    assert noisy[0] != noisy[1] and exact not in noisy
+    torch.testing.assert_close(-flow.log_prob(*batch).mean(), exact, atol=0, rtol=0)
+
+    # The noise is configuration, not a weight: a saved model reloads with it and the same density.
+    save_model(flow, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    torch.testing.assert_close(loaded._noise, flow._noise, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.log_prob(*batch), flow.log_prob(*batch), atol=0, rtol=0)
+
+
+def test_context_noise_names_and_values_are_checked():
+    with pytest.raises(
+        DetlearnError, match=r"model\.flow\.context_noise: 'ctx' is not a context column"
+    ):
+        ConditionalFlow(1, CONTEXT, FlowConfig(context_noise={"ctx": 0.1}))
+    with pytest.raises(ValidationError, match=r"context_noise\.c0\s+Input should be greater"):
+        FlowConfig(context_noise={"c0": -0.1})
 
 
 # ---- per-target context columns (context_of) -------------------------------------------------

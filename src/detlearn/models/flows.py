@@ -430,7 +430,10 @@ class ConditionalFlow(torch.nn.Module):
     context column (see the module docstring); ``cfg.context_of`` (target name -> context
     names) lets a target's conditioners read only those context columns (zuko's masked
     networks with a context adjacency), so that labels differing only in the others share
-    their data. The names must be among ``names`` and ``context_names``.
+    their data; ``cfg.context_noise`` (context name -> standard deviation) adds Gaussian noise
+    to those columns as the network reads them, in training only (noise regularization), so
+    that a label known at a few grid values is learned as a smooth function that pools
+    neighbouring labels' data. The names must be among ``names`` and ``context_names``.
 
     ``maf`` uses zuko's affine ``MonotonicAffineTransform``, whose log-scale is soft-bounded,
     ``a / (1 + |a| / ln 1000)`` within +-6.9, the role FEDHEX's tanh clamp played. ``realnvp``
@@ -486,6 +489,15 @@ class ConditionalFlow(torch.nn.Module):
         self.register_buffer("x_std", torch.ones(features))
         self.register_buffer("c_mean", torch.zeros(context))
         self.register_buffer("c_std", torch.ones(context))
+        # Noise of the training context per column, in the network's units before
+        # standardization (from cfg, so not saved with the weights).
+        noise = torch.zeros(context)
+        for name, std in cfg.context_noise.items():
+            k = self.context_names.index(
+                self._check_name(name, self.context_names, "context_noise", "context column")
+            )
+            noise[k] = std
+        self.register_buffer("_noise", noise, persistent=False)
         self.flow = self._build(features, context, cfg, self._context_mask(cfg.context_of))
 
     def _bounds(self, values: list[float | None] | None, which: str) -> list[float | None]:
@@ -670,9 +682,14 @@ class ConditionalFlow(torch.nn.Module):
         log[self._log_context] = True
         return torch.where(log, torch.log(c), c)
 
-    def _context(self, c: Tensor) -> Tensor:
+    def _context(self, c: Tensor, noisy: bool = False) -> Tensor:
+        """Physical c [N, C] -> the network's standardized context; ``noisy`` adds the
+        training noise of ``cfg.context_noise``."""
         # Accept float64 (numpy) contexts: the network's dtype and device decide.
-        return (self._network_context(c.to(self.c_mean)) - self.c_mean) / self.c_std
+        context = (self._network_context(c.to(self.c_mean)) - self.c_mean) / self.c_std
+        if noisy and bool(self._noise.any()):
+            context = context + torch.randn_like(context) * (self._noise / self.c_std)
+        return context
 
     @torch.no_grad()
     def fit_normalization(self, x: Tensor, c: Tensor) -> None:
@@ -744,15 +761,22 @@ class ConditionalFlow(torch.nn.Module):
         .. math:: \log p(x|c) = \log \mathcal{N}(f(u; c)) + \log|\partial f/\partial u|
                   + \log|\partial u/\partial x|
         """
+        return self._log_prob(x, c)
+
+    def _log_prob(self, x: Tensor, c: Tensor, noisy: bool = False) -> Tensor:
         self._check_shapes(x, c)
         u, ladj = self._to_flow_space(x, c)
-        lp = self.flow(self._context(c)).log_prob(u) + ladj
+        lp = self.flow(self._context(c, noisy)).log_prob(u) + ladj
         return torch.where(self._outside(x, c).any(dim=-1), -math.inf, lp)
 
     def loss(self, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
-        """Mean negative log-likelihood of a batch ``(x, c)`` or weighted ``(x, c, w)``."""
+        """Mean negative log-likelihood of a batch ``(x, c)`` or weighted ``(x, c, w)``.
+
+        In training mode the network reads the context with the noise of
+        ``cfg.context_noise`` (the targets and ``relative_to`` read it as it is).
+        """
         x, c, *weight = batch
-        nll = -self.log_prob(x, c)
+        nll = -self._log_prob(x, c, noisy=self.training)
         if weight:
             return (nll * weight[0]).sum() / weight[0].sum()
         return nll.mean()
