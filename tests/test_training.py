@@ -16,7 +16,7 @@ import torch
 from detlearn.config import FlowConfig, TrainingConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import ConditionalFlow, load_model
-from detlearn.training import fit, lr_factor
+from detlearn.training import fit, lr_factor, stretched
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -113,6 +113,21 @@ def test_max_rows_and_missing_columns(tmp_path):
     cfg = TrainingConfig(batch_size=100, max_epochs=1, max_rows=300)
     result = fit(tiny_flow(), train, val, cfg, tmp_path, progress=False)
     assert result.epochs == 1 and np.isfinite(result.best_val_loss)
+
+
+def test_min_steps_stretches_epochs_and_patience_on_small_data(tmp_path):
+    cfg = TrainingConfig(batch_size=200, max_epochs=2, patience=1, min_steps=20, lr=1e-2)
+    # 1000 rows are 5 steps per epoch: 2 epochs make 10 steps, so both double.
+    assert (stretched(cfg, 1000).max_epochs, stretched(cfg, 1000).patience) == (4, 2)
+    assert stretched(cfg, 1000, world=2).max_epochs == 7  # 3 steps per epoch per process
+    assert stretched(cfg, 2000) == cfg  # 20 steps already
+    result = fit(tiny_flow(), lognormal(1000, 0), lognormal(300, 1), cfg, tmp_path, progress=False)
+    rows = read_history(tmp_path)
+    assert result.epochs == 4 and len(rows) == 4
+    # The cosine schedule spans the stretched run: half-way down after 2 epochs, lr / 100 at the end.
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[1] == pytest.approx(cfg.lr * lr_factor(10, 20), rel=1e-6)
+    assert lrs[3] == pytest.approx(cfg.lr * lr_factor(20, 20), rel=1e-6)
 
 
 @pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun is not installed")

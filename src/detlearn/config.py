@@ -255,6 +255,12 @@ class TrainingConfig(_Strict):
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay")
     max_epochs: int = Field(30, gt=0, description="upper bound on epochs")
+    min_steps: int = Field(
+        0,
+        ge=0,
+        description="make at least this many optimizer steps: where max_epochs of the training "
+        "rows fall short (a small data set), max_epochs and patience grow by the same factor",
+    )
     max_minutes: float | None = Field(None, description="wall-clock limit of training, minutes")
     patience: int = Field(5, ge=1, description="early stopping: epochs without val improvement")
     schedule: Literal["cosine", "none"] = Field("cosine", description="LR schedule")

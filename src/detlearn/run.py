@@ -267,6 +267,7 @@ def train(
             "patience": cfg.model.count_patience,
             "max_rows": None,
             "max_minutes": None,
+            "min_steps": 0,
         }
         fit(
             count,

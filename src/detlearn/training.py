@@ -52,7 +52,7 @@ from detlearn.config import TrainingConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import WEIGHTS_FILE, save_model
 
-__all__ = ["DensityModule", "FitResult", "fit", "lr_factor"]
+__all__ = ["DensityModule", "FitResult", "fit", "lr_factor", "stretched"]
 
 Arrays = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
@@ -251,6 +251,36 @@ def _step_threads(model: torch.nn.Module, batch_size: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def stretched(cfg: TrainingConfig, rows: int, world: int = 1) -> TrainingConfig:
+    """``cfg`` with ``max_epochs`` and ``patience`` grown by one factor so that the run makes at
+    least ``cfg.min_steps`` optimizer steps over ``rows`` training rows (``world`` processes
+    sharing each epoch); unchanged where ``max_epochs`` already does.
+
+    Example:
+        >>> cfg = TrainingConfig(batch_size=1000, max_epochs=10, patience=5, min_steps=400)
+        >>> s = stretched(cfg, rows=20_000)  # 20 steps per epoch
+        >>> s.max_epochs, s.patience
+        (20, 10)
+        >>> stretched(cfg, rows=100_000).max_epochs  # 100 steps per epoch: 1000 already
+        10
+    """
+    per_epoch = max(1, math.ceil(rows / (cfg.batch_size * world)))
+    factor = cfg.min_steps / (per_epoch * cfg.max_epochs)
+    if factor <= 1:
+        return cfg
+    return cfg.model_copy(
+        update={
+            "max_epochs": math.ceil(cfg.max_epochs * factor),
+            "patience": math.ceil(cfg.patience * factor),
+        }
+    )
+
+
+def _world_size() -> int:
+    devices, nodes = _distributed()
+    return devices * nodes
+
+
 def _distributed() -> tuple[int, int]:
     """(devices per node, nodes) from torchrun's environment; (1, 1) outside torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -302,6 +332,7 @@ def fit(
         keep = torch.as_tensor(np.sort(rng.choice(len(train_t[0]), cfg.max_rows, replace=False)))
         train_t = [t[keep] for t in train_t]
 
+    cfg = stretched(cfg, len(train_t[0]), _world_size())
     ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
     last = ckpt_dir / "last.ckpt"
     is_rank_zero = int(os.environ.get("RANK", "0")) == 0
