@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_write_bytes, atomic_write_json
+from detlearn.io.dataset import atomic_path, atomic_write_bytes, atomic_write_json
 from detlearn.models.regressors import Regressor
 
 __all__ = [
@@ -66,17 +66,17 @@ def export_onnx(
     import warnings
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     was_training = module.training
     batch = {0: "batch"}
     try:
-        with warnings.catch_warnings():
-            # The legacy exporter is chosen on purpose; its deprecation notice is not the
-            # user's concern.
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
+            # The legacy exporter is chosen on purpose (the dynamo one needs onnxscript); its
+            # deprecation notices are not the user's concern.
             warnings.simplefilter("ignore", DeprecationWarning)
             # Shape checks are Python bools on traced shapes; they do not enter the graph.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # A spline's F.pad traces to a reversed Slice that is merely left unfolded.
+            warnings.filterwarnings("ignore", "Constant folding", UserWarning)
             torch.onnx.export(
                 module.eval(),
                 example,
@@ -89,7 +89,6 @@ def export_onnx(
             )
     finally:
         module.train(was_training)
-    tmp.replace(path)
     return path
 
 
@@ -306,10 +305,7 @@ def export_run(
     if read_run_info(run_dir).get("family") == "regressor":
         return _export_regressor(Path(run_dir), out, rows)
     surrogate = Surrogate.load(run_dir)
-    onnx_path = out / "sampler.onnx"
-    tmp = out / ".sampler.onnx.tmp"
-    export_sampler_onnx(surrogate.flow, tmp, opset=OPSET)
-    tmp.replace(onnx_path)
+    onnx_path = export_sampler_onnx(surrogate.flow, out / "sampler.onnx", opset=OPSET)
 
     rng = np.random.default_rng(seed)
     lo = np.array([c["min"] for c in surrogate.info["context"]])

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from detlearn.config import TrainingConfig
 from detlearn.errors import DetlearnError
+from detlearn.io.dataset import atomic_path
 from detlearn.models import WEIGHTS_FILE, save_model
 
 __all__ = ["DensityModule", "FitResult", "fit", "lr_factor", "stretched"]
@@ -465,12 +466,10 @@ def _write_history(log_dir: Path, path: Path) -> list[dict[str, float]]:
         }
         for e in sorted(merged)
     ]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return rows
 
 

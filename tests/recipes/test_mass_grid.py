@@ -117,6 +117,17 @@ def test_sampling_and_simulation_are_deterministic(tmp_path):
     assert not list(tmp_path.glob("*/.*.tmp"))
 
 
+def test_a_write_that_fails_half_way_leaves_no_file(tmp_path, monkeypatch):
+    # e.g. the disk filling up while uproot writes the baskets
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(uproot.writing.writable.WritableTree, "extend", full)
+    with pytest.raises(OSError, match="No space left"):
+        simulate(tmp_path / "sim", 50, 0, {"phi_points": 2, "omega_points": 1})
+    assert list((tmp_path / "sim").iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("label", "cfg"),
     [

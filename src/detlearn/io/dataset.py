@@ -35,6 +35,7 @@ from detlearn.errors import DetlearnError
 __all__ = [
     "GROUP_COLUMN",
     "Dataset",
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "file_checksum",
@@ -48,8 +49,15 @@ MANIFEST = "manifest.json"
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temp file beside ``path`` to fill in the block; renamed onto ``path`` if it succeeds."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp file beside ``path`` to fill in the block; renamed onto ``path`` if the block
+    succeeds, removed if it fails, so no reader ever sees a half-written ``path``.
+
+    Example:
+        >>> with atomic_path(tmp / "out.root") as part:  # doctest: +SKIP
+        ...     write_root(part)
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -67,7 +75,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
@@ -102,7 +110,7 @@ def file_checksum(path: Path) -> str:
 def write_shard(columns: dict[str, np.ndarray], path: Path) -> str:
     """Write one shard atomically; returns its checksum (see :func:`file_checksum`)."""
     table = pa.table({name: pa.array(values) for name, values in columns.items()})
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         # No dictionary encoding: physics columns (floats, event ids) are nearly all distinct,
         # and building the dictionary took most of the write time (measured). lz4 keeps writing
         # several times faster than zstd for a few per cent more disk (the demos' shards: 10 %

@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +27,7 @@ import safetensors.torch
 import torch
 
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import read_json_object
+from detlearn.io.dataset import atomic_path, atomic_write_json, read_json_object
 
 __all__ = [
     "ConditionalFlow",
@@ -82,14 +80,10 @@ def save_model(model: torch.nn.Module, directory: str | Path) -> Path:
     spec = model.spec()
     model_class(spec["kind"])
     weights = directory / WEIGHTS_FILE
-    tmp = weights.with_suffix(".safetensors.tmp")
-    # save_model (not save_file) de-duplicates tensors that share storage.
-    safetensors.torch.save_model(model, str(tmp), metadata={"kind": spec["kind"]})
-    os.replace(tmp, weights)
-    spec_path = directory / SPEC_FILE
-    tmp = spec_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, spec_path)
+    with atomic_path(weights) as tmp:
+        # save_model (not save_file) de-duplicates tensors that share storage.
+        safetensors.torch.save_model(model, str(tmp), metadata={"kind": spec["kind"]})
+    atomic_write_json(directory / SPEC_FILE, spec)
     return weights
 
 

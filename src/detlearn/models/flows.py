@@ -77,7 +77,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -862,36 +861,13 @@ def export_sampler_onnx(model: ConditionalFlow, path: str | Path, opset: int = 1
     """
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    wrapper = _NoiseSampler(model).eval()
+    from detlearn.export import export_onnx  # export builds on the models: imported late
+
     ref = model.x_mean
     example = (
         torch.randn(2, model.features, dtype=ref.dtype, device=ref.device),
         torch.zeros(2, model.context, dtype=ref.dtype, device=ref.device),
     )
-    batch = {0: "batch"}
-    try:
-        with warnings.catch_warnings():
-            # The shape checks in sample_from_noise are Python bools on traced shapes; the
-            # tracer warns about them although they do not affect the graph.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # The legacy exporter is chosen on purpose (the dynamo one needs onnxscript); its
-            # deprecation notices are not the user's concern.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # The spline's F.pad traces to a reversed Slice that is merely left unfolded.
-            warnings.filterwarnings("ignore", "Constant folding", UserWarning)
-            torch.onnx.export(
-                wrapper,
-                example,
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["noise", "context"],
-                output_names=["sample"],
-                dynamic_axes={"noise": batch, "context": batch, "sample": batch},
-            )
-    finally:
-        model.train(was_training)
-    return path
+    # The wrapper starts in the model's mode, which export_onnx restores afterwards.
+    wrapper = _NoiseSampler(model).train(model.training)
+    return export_onnx(wrapper, example, path, ["noise", "context"], ["sample"], opset=opset)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
+from detlearn.io.dataset import atomic_path
 from detlearn.recipes.hcal_energy._kernels import pileup_rows, quantize_values, readout_rows
 
 __all__ = [
@@ -730,18 +730,14 @@ def write_channels(
         for name, (dtype, _) in BRANCHES.items()
     }
     codec = _CODECS[compression]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with uproot.recreate(tmp, compression=codec(level) if codec else None) as f:
-            f.mktree(
-                "Events", {name: np.dtype((dt, shape)) for name, (dt, shape) in BRANCHES.items()}
-            )
-            tree = f["Events"]
-            for start in range(0, len(columns["PU"]), _BASKET):  # one basket per branch each
-                tree.extend({k: v[start : start + _BASKET] for k, v in columns.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        atomic_path(path) as tmp,
+        uproot.recreate(tmp, compression=codec(level) if codec else None) as f,
+    ):
+        f.mktree("Events", {name: np.dtype((dt, shape)) for name, (dt, shape) in BRANCHES.items()})
+        tree = f["Events"]
+        for start in range(0, len(columns["PU"]), _BASKET):  # one basket per branch each
+            tree.extend({k: v[start : start + _BASKET] for k, v in columns.items()})
     return path
 
 

@@ -59,7 +59,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -73,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
+from detlearn.io.dataset import atomic_path
 
 __all__ = [
     "C_MM_PER_NS",
@@ -795,18 +795,16 @@ def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Pat
         cfg.collection: ak.zip({k: _jagged(v, counts) for k, v in hits.items()}),
         rel_name: ak.zip({k: _jagged(v, counts) for k, v in relation.items()}),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with uproot.recreate(tmp, compression=_COMPRESSION[cfg.compression]) as f:
-            f.mktree(
-                "events",
-                {k: ak.type(v).content for k, v in columns.items()},
-                field_name=lambda outer, inner: f"{outer}.{inner}",
-            )
-            f["events"].extend(columns)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        atomic_path(path) as tmp,
+        uproot.recreate(tmp, compression=_COMPRESSION[cfg.compression]) as f,
+    ):
+        f.mktree(
+            "events",
+            {k: ak.type(v).content for k, v in columns.items()},
+            field_name=lambda outer, inner: f"{outer}.{inner}",
+        )
+        f["events"].extend(columns)
     return path
 
 

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import uproot
 
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
+from detlearn.io.dataset import atomic_path
 from detlearn.recipes.mass_grid.density import MassGridConfig, acceptance, grid_points, sample_reco
 
 __all__ = ["MassGridEvents", "config_from_options", "simulate", "simulate_point", "write_events"]
@@ -125,12 +125,10 @@ def simulate_point(
 def write_events(batch: MassGridEvents, path: str | Path) -> Path:
     """Write ``batch`` as tree ``Events`` to ``path`` atomically (temporary file + rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     types = {name: ak.type(ak.Array(value)).content for name, value in batch.branches.items()}
-    with uproot.recreate(tmp) as f:
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         f.mktree("Events", types)
         f["Events"].extend(batch.branches)
-    os.replace(tmp, path)
     return path
 
 
