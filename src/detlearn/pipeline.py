@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from detlearn.config import deep_merge, load_config
+from detlearn.config import deep_merge, load_config, read_yaml
+from detlearn.errors import DetlearnError
 
 __all__ = ["run_recipe"]
 
@@ -47,6 +48,15 @@ def run_recipe(
     raw = deep_merge({"recipe": recipe}, overrides or {})
     raw = deep_merge(raw, {"data": {"inputs": ["sim/*.root"]}})
     config_path = out / "run.yaml"
+    # Another recipe's simulated files in out/sim would be read as this one's inputs.
+    if config_path.is_file() and (other := (read_yaml(config_path) or {}).get("recipe")) not in (
+        None,
+        recipe,
+    ):
+        raise DetlearnError(
+            f"{out}: holds a '{other}' run ({config_path}); to run '{recipe}', pass another "
+            "output folder (--out) or remove it"
+        )
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = load_config(config_path)
     timings: dict[str, float] = {}

@@ -63,6 +63,15 @@ def test_evaluate_rejects_a_run_of_another_recipe(demo, tmp_path):
         evaluate(other, tmp_path / "report")
 
 
+def test_a_demo_folder_of_another_recipe_is_refused_before_anything_is_written(demo, runner):
+    out, _ = demo
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = runner.invoke(app, ["demo", "--recipe", "mass-grid", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "holds a 'klm-timing' run" in result.output and "--out" in result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
 def test_cli_evaluate_on_a_folder_that_is_not_a_run(tmp_path, runner):
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 2 and "not a detlearn run directory" in result.output
