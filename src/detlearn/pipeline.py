@@ -49,10 +49,8 @@ def run_recipe(
     raw = deep_merge(raw, {"data": {"inputs": ["sim/*.root"]}})
     config_path = out / "run.yaml"
     # Another recipe's simulated files in out/sim would be read as this one's inputs.
-    if config_path.is_file() and (other := (read_yaml(config_path) or {}).get("recipe")) not in (
-        None,
-        recipe,
-    ):
+    other = (read_yaml(config_path) or {}).get("recipe") if config_path.is_file() else None
+    if other not in (None, recipe):
         raise DetlearnError(
             f"{out}: holds a '{other}' run ({config_path}); to run '{recipe}', pass another "
             "output folder (--out) or remove it"

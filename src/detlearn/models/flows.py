@@ -477,12 +477,7 @@ class ConditionalFlow(torch.nn.Module):
         self._lo_in = [None if lo is None else _inside(lo, math.inf) for lo in self.lower]
         self._hi_in = [None if hi is None else _inside(hi, -math.inf) for hi in self.upper]
         self._relative = self._relative_indices(cfg.relative_to)
-        self._log_context = [
-            self.context_names.index(
-                self._check_name(n, self.context_names, "log_context", "context column")
-            )
-            for n in cfg.log_context
-        ]
+        self._log_context = [self._context_index(n, "log_context") for n in cfg.log_context]
 
         self.register_buffer("x_mean", torch.zeros(features))
         self.register_buffer("x_std", torch.ones(features))
@@ -492,11 +487,9 @@ class ConditionalFlow(torch.nn.Module):
         # standardization (from cfg, so not saved with the weights).
         noise = torch.zeros(context)
         for name, std in cfg.context_noise.items():
-            k = self.context_names.index(
-                self._check_name(name, self.context_names, "context_noise", "context column")
-            )
-            noise[k] = std
+            noise[self._context_index(name, "context_noise")] = std
         self.register_buffer("_noise", noise, persistent=False)
+        self._noisy = any(std > 0 for std in cfg.context_noise.values())
         self.flow = self._build(features, context, cfg, self._context_mask(cfg.context_of))
 
     def _bounds(self, values: list[float | None] | None, which: str) -> list[float | None]:
@@ -521,14 +514,18 @@ class ConditionalFlow(torch.nn.Module):
             )
         return name
 
+    def _context_index(self, name: str, key: str) -> int:
+        """The index of context column ``name``, or an error naming ``model.flow.<key>``."""
+        return self.context_names.index(
+            self._check_name(name, self.context_names, key, "context column")
+        )
+
     def _relative_indices(self, relative_to: dict[str, str]) -> list[int | None]:
         """Per target, the index of the context column it is measured in units of, or None."""
         out: list[int | None] = [None] * self.features
         for target, ctx in relative_to.items():
             j = self.names.index(self._check_name(target, self.names, "relative_to", "target"))
-            out[j] = self.context_names.index(
-                self._check_name(ctx, self.context_names, "relative_to", "context column")
-            )
+            out[j] = self._context_index(ctx, "relative_to")
         return out
 
     def _context_mask(self, context_of: dict[str, list[str]]) -> Tensor | None:
@@ -686,7 +683,7 @@ class ConditionalFlow(torch.nn.Module):
         training noise of ``cfg.context_noise``."""
         # Accept float64 (numpy) contexts: the network's dtype and device decide.
         context = (self._network_context(c.to(self.c_mean)) - self.c_mean) / self.c_std
-        if noisy and bool(self._noise.any()):
+        if noisy and self._noisy:
             context = context + torch.randn_like(context) * (self._noise / self.c_std)
         return context
 
