@@ -23,6 +23,7 @@ from rich.console import Console
 
 from detlearn.config import deep_merge, load_config, read_yaml
 from detlearn.errors import DetlearnError
+from detlearn.io.dataset import atomic_write_bytes
 
 __all__ = ["run_recipe"]
 
@@ -55,7 +56,7 @@ def run_recipe(
             f"{out}: holds a '{other}' run ({config_path}); to run '{recipe}', pass another "
             "output folder (--out) or remove it"
         )
-    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    atomic_write_bytes(config_path, yaml.safe_dump(raw, sort_keys=False).encode())
     cfg = load_config(config_path)
     timings: dict[str, float] = {}
 
