@@ -16,6 +16,7 @@ from detlearn.io.dataset import Dataset
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
 from detlearn.recipes.mass_grid import MassGridConfig, evaluate, grid_points, simulate
+from detlearn.recipes.mass_grid.evaluate import compare_at_label
 from detlearn.run import ContextRangeWarning, Surrogate, train
 
 # A 4 x 4 grid (m_Φ 100 … 1870 GeV, m_ω 0.25 … 3.175 GeV) where every event passes the selection.
@@ -108,6 +109,22 @@ def test_evaluate_scores_exactly_the_heldout_labels(trained):
     info = json.loads((tmp / "run" / "run.json").read_text())
     assert sum(r["train_rows"] for r in per_point) == info["holdout"]["rows_held_out"]["train"]
     assert 0 <= metrics["metrics"]["width_within_data_fraction"] <= 1
+
+
+def test_a_points_score_does_not_depend_on_whether_the_data_spread_is_computed(trained):
+    """Same model, label and seed, scored with and without the training rows at the label: the
+    errors and floors (hence the judgement) are the same; only the data spread is added."""
+    tmp, _ = trained
+    s = Surrogate.load(tmp / "run")
+    sim_cfg = MassGridConfig(**SIMULATE)
+    label = np.array(CHECKERBOARD[0])
+    without, _, _ = compare_at_label(s, sim_cfg, label, 2000, bootstrap=4)
+    with_data, _, _ = compare_at_label(s, sim_cfg, label, 2000, bootstrap=4, train_rows=300)
+    assert with_data.keys() - without.keys() == {
+        f"{st}_{f}_data" for st in ("mean", "width") for f in ("phi", "omega")
+    }
+    for key, value in without.items():
+        assert with_data[key] == value, key
 
 
 def test_same_seed_same_samples_after_reload_at_a_heldout_label(trained):

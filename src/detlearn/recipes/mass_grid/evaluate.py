@@ -158,7 +158,12 @@ def compare_at_label(
         :data:`QUANTILES`, model (``q05`` …) and sim2 (``q05_sim2`` …).
     """
     label = np.asarray(label, dtype=np.float64)
-    rng = np.random.default_rng([seed, *np.round(label * 1e6).astype(np.int64)])
+    # Separate streams for the samples, the floor's bootstrap and the data spread's: the floor
+    # of a point does not depend on whether the data spread is computed beside it.
+    rng, floor_rng, data_rng = (
+        np.random.default_rng(s)
+        for s in np.random.SeedSequence([seed, *np.round(label * 1e6).astype(np.int64)]).spawn(3)
+    )
     labels = np.broadcast_to(label, (n, 2))
     sim, sim2 = sample_reco(labels, sim_cfg, rng), sample_reco(labels, sim_cfg, rng)
     context = dict(zip(CONTEXT, label, strict=True))
@@ -175,10 +180,10 @@ def compare_at_label(
             ref = float(stat(a))
             row[f"{name}_{f}"] = _rel(float(stat(m)), ref)
             row[f"{name}_{f}_sim2"] = _rel(float(stat(b)), ref)
-            row[f"{name}_{f}_floor"] = statistical_floor(a, stat, bootstrap, rng, z=z)
+            row[f"{name}_{f}_floor"] = statistical_floor(a, stat, bootstrap, floor_rng, z=z)
             if train_rows:
                 row[f"{name}_{f}_data"] = statistical_floor(
-                    a, stat, bootstrap, rng, size=train_rows
+                    a, stat, bootstrap, data_rng, size=train_rows
                 )
             limit = max(tolerance, row[f"{name}_{f}_floor"])
             passes[name] &= abs(row[f"{name}_{f}"]) <= limit
