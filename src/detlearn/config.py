@@ -38,6 +38,7 @@ __all__ = [
     "ExecutorConfig",
     "FlowConfig",
     "HoldoutConfig",
+    "LabelRowsConfig",
     "ModelConfig",
     "RegressorConfig",
     "RunConfig",
@@ -125,6 +126,22 @@ class HoldoutConfig(_Strict):
         return self
 
 
+class LabelRowsConfig(_Strict):
+    """Labels (distinct values of ``columns``: the points of a grid of conditions) with fewer
+    than ``rows`` rows in the dataset, all splits together, are left out of training and
+    validation, and reported (a warning, and ``sparse_labels`` in ``run.json``)."""
+
+    columns: list[str] = Field(min_length=1, description="context columns that make a label")
+    rows: int = Field(gt=0, description="fewest rows a label needs to be trained on")
+    rtol: float = Field(1e-6, gt=0, description="relative tolerance of equal label values")
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> LabelRowsConfig:
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"columns must be distinct (got {self.columns})")
+        return self
+
+
 class SplitConfig(_Strict):
     """Deterministic train/val/test split by a hash of the group id (the event by default)."""
 
@@ -134,6 +151,9 @@ class SplitConfig(_Strict):
     seed: int = Field(0, description="salt of the split hash")
     holdout: HoldoutConfig | None = Field(
         None, description="context points left out of train and val (kept for evaluation)"
+    )
+    min_label_rows: LabelRowsConfig | None = Field(
+        None, description="labels with fewer rows are left out of train and val, and reported"
     )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from detlearn import __version__
-from detlearn.config import RunConfig, data_hash
+from detlearn.config import LabelRowsConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError, DetlearnWarning
 from detlearn.io.dataset import GROUP_COLUMN, Dataset, atomic_write_json, read_json_object
 
@@ -36,6 +36,7 @@ __all__ = [
     "ContextRangeWarning",
     "DatasetConfigWarning",
     "Regression",
+    "SparseLabelWarning",
     "Surrogate",
     "load_run_split",
     "read_run_info",
@@ -53,6 +54,10 @@ class ContextRangeWarning(DetlearnWarning):
 
 class DatasetConfigWarning(DetlearnWarning):
     """A dataset prepared from another ``data`` config than the run's (its columns apply)."""
+
+
+class SparseLabelWarning(DetlearnWarning):
+    """Labels left out of training for having fewer rows than ``split.min_label_rows``."""
 
 
 @contextmanager
@@ -74,21 +79,24 @@ def _first_rows_per_group(groups: np.ndarray) -> np.ndarray:
 
 def _training_splits(
     cfg: RunConfig, ds: Dataset, columns: list[str], context: list[str]
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any] | None]:
-    """The train and val splits of ``ds`` (``columns`` loaded), less held-out points.
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """The train and val splits of ``ds`` (``columns`` loaded), less sparse labels and
+    held-out points.
 
     Checks that both splits have rows and finite ``context`` columns; applies
-    ``split.holdout``. Returns the splits and the holdout record for ``run.json`` (or None).
+    ``split.min_label_rows``, then ``split.holdout`` (a checkerboard over the labels that
+    remain). Returns the splits and the records for ``run.json``: ``sparse_labels`` and
+    ``holdout`` (None where not configured).
     """
     from detlearn.data.holdout import holdout_mask, resolve_points
 
     dataset = ds.root
     spec = cfg.split.holdout
-    if spec is not None:
-        for col in spec.columns:
+    for key, rule in (("holdout", spec), ("min_label_rows", cfg.split.min_label_rows)):
+        for col in rule.columns if rule is not None else []:
             if col not in context:
                 raise DetlearnError(
-                    f"split.holdout: column '{col}' is not a context column of {dataset} "
+                    f"split.{key}: column '{col}' is not a context column of {dataset} "
                     f"(context: {', '.join(context)})"
                 )
     fractions = cfg.split.model_dump(mode="json")
@@ -100,8 +108,11 @@ def _training_splits(
             bad = int((~np.isfinite(part[col])).sum())
             if bad:
                 raise DetlearnError(f"{dataset}: context column '{col}' has {bad} non-finite rows")
+    records: dict[str, Any] = {"sparse_labels": None, "holdout": None}
+    if cfg.split.min_label_rows is not None:
+        splits, records["sparse_labels"] = _drop_sparse_labels(ds, splits, cfg.split.min_label_rows)
     if spec is None:
-        return splits, None
+        return splits, records
     values = {s: np.stack([part[c] for c in spec.columns], 1) for s, part in splits.items()}
     points = resolve_points(spec, np.concatenate(list(values.values())))
     held = {s: holdout_mask(v, points, spec.rtol) for s, v in values.items()}
@@ -115,13 +126,57 @@ def _training_splits(
     for name, part in splits.items():
         if len(part[GROUP_COLUMN]) == 0:
             raise DetlearnError(f"split.holdout leaves the '{name}' split of {dataset} empty")
-    holdout = {
+    records["holdout"] = {
         "columns": spec.columns,
         "points": points.tolist(),
         "rtol": spec.rtol,
         "rows_held_out": {s: int(h.sum()) for s, h in held.items()},
     }
-    return splits, holdout
+    return splits, records
+
+
+def _drop_sparse_labels(
+    ds: Dataset, splits: dict[str, dict[str, np.ndarray]], rule: LabelRowsConfig
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """``splits`` less the rows of labels with fewer than ``rule.rows`` rows in the whole
+    dataset (a :class:`SparseLabelWarning` names them), and the record for ``run.json``."""
+    from detlearn.data.holdout import holdout_mask, sparse_labels
+
+    everything = ds.load(rule.columns)
+    labels, rows = sparse_labels(
+        np.stack([everything[c] for c in rule.columns], 1), rule.rows, rule.rtol
+    )
+    record = {
+        "columns": rule.columns,
+        "min_rows": rule.rows,
+        "labels": labels.tolist(),
+        "rows": rows.tolist(),
+    }
+    if not len(labels):
+        return splits, record
+    kept = {}
+    for name, part in splits.items():
+        sparse = holdout_mask(np.stack([part[c] for c in rule.columns], 1), labels, rule.rtol)
+        kept[name] = {k: v[~sparse] for k, v in part.items()}
+        if not len(kept[name][GROUP_COLUMN]):
+            raise DetlearnError(
+                f"split.min_label_rows leaves the '{name}' split of {ds.root} empty: "
+                f"{len(labels)} label(s) of {rule.columns} have fewer than {rule.rows} rows, "
+                f"the most {rows.max()}"
+            )
+    shown = ", ".join(
+        f"({', '.join(f'{v:g}' for v in label)}): {n}"
+        for label, n in zip(labels.tolist()[:5], rows[:5].tolist(), strict=True)
+    )
+    more = f" and {len(labels) - 5} more" if len(labels) > 5 else ""
+    warnings.warn(
+        SparseLabelWarning(
+            f"{ds.root}: {len(labels)} label(s) of {rule.columns} with fewer than {rule.rows} "
+            f"rows left out of training (rows per label): {shown}{more}"
+        ),
+        stacklevel=3,
+    )
+    return kept, record
 
 
 def _run_info(
@@ -209,7 +264,7 @@ def train(
         return _train_regressor(cfg, ds, Path(out), context, target, weight, resume, progress)
     count_col = cfg.model.count_column if cfg.model.count != "none" else None
     columns = [*context, *target, *weight, GROUP_COLUMN] + ([count_col] if count_col else [])
-    splits, holdout = _training_splits(cfg, ds, columns, context)
+    splits, records = _training_splits(cfg, ds, columns, context)
     for col in context:
         if np.ptp(splits["train"][col]) == 0:
             raise DetlearnError(
@@ -284,7 +339,7 @@ def train(
         {"name": t, "unit": ds.columns[t]["unit"], "lower": lo, "upper": hi}
         for t, lo, hi in zip(target, lower, upper, strict=True)
     ]
-    info = _run_info(cfg, ds, splits["train"], context, targets, count=count_info, holdout=holdout)
+    info = _run_info(cfg, ds, splits["train"], context, targets, count=count_info, **records)
     atomic_write_json(out / RUN_FILE, info)
     return out
 
@@ -307,7 +362,7 @@ def _train_regressor(
         raise DetlearnError(
             f"{ds.root}: a regressor predicts one target column, the dataset has {target}"
         )
-    splits, holdout = _training_splits(cfg, ds, [*inputs, *target, *weight, GROUP_COLUMN], inputs)
+    splits, records = _training_splits(cfg, ds, [*inputs, *target, *weight, GROUP_COLUMN], inputs)
     tensors = {}
     for name, part in splits.items():
         batch = {
@@ -328,7 +383,7 @@ def _train_regressor(
         splits["train"],
         inputs,
         [{"name": target[0], "unit": unit, "lower": None, "upper": None}],
-        holdout=holdout,
+        **records,
     )
     atomic_write_json(out / RUN_FILE, info)
     return out

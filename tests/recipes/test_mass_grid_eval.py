@@ -17,7 +17,7 @@ from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
 from detlearn.recipes.mass_grid import MassGridConfig, evaluate, grid_points, simulate
 from detlearn.recipes.mass_grid.evaluate import compare_at_label
-from detlearn.run import ContextRangeWarning, Surrogate, train
+from detlearn.run import ContextRangeWarning, SparseLabelWarning, Surrogate, train
 
 # A 4 x 4 grid (m_Φ 100 … 1870 GeV, m_ω 0.25 … 3.175 GeV) where every event passes the selection.
 SIMULATE = {"phi_points": 4, "omega_points": 4, "acceptance_max": 1.0, "acceptance_scale": 1.0}
@@ -105,6 +105,7 @@ def test_evaluate_scores_exactly_the_heldout_labels(trained):
             assert r[f"width_{f}_data"] > 0 and r[f"mean_{f}_data"] > 0
         assert r["energy_sim2"] > 0 and r["kl_error"] > 0
     assert metrics["metrics"]["samples_per_point"] == 2000
+    assert metrics["metrics"]["labels_left_out"] == 0
     # The data spread is measured with as many events as training held out at each label.
     info = json.loads((tmp / "run" / "run.json").read_text())
     assert sum(r["train_rows"] for r in per_point) == info["holdout"]["rows_held_out"]["train"]
@@ -182,21 +183,68 @@ def test_checkerboard_needs_a_grid_with_an_interior():
 
 
 @pytest.mark.parametrize(
-    ("holdout", "message"),
+    ("split", "message"),
     [
-        ({"columns": ["phi"], "points": [[600.0]]}, "column 'phi' is not a context column"),
-        ({"columns": ["mass"], "points": [[600.0]]}, "column 'mass' is not a context column"),
         (
-            {"columns": CONTEXT, "points": [[690.0, 1.3]]},
+            {"holdout": {"columns": ["phi"], "points": [[600.0]]}},
+            "split.holdout: column 'phi' is not a context column",
+        ),
+        (
+            {"holdout": {"columns": ["mass"], "points": [[600.0]]}},
+            "split.holdout: column 'mass' is not a context column",
+        ),
+        (
+            {"holdout": {"columns": CONTEXT, "points": [[690.0, 1.3]]}},
             r"point \{'label_phi': 690.0, 'label_omega': 1.3\} matches no train or val row",
+        ),
+        (
+            {"min_label_rows": {"columns": ["phi"], "rows": 5}},
+            "split.min_label_rows: column 'phi' is not a context column",
+        ),
+        (
+            {"min_label_rows": {"columns": CONTEXT, "rows": 10**6}},
+            r"split.min_label_rows leaves the 'train' split of .* empty: 16 label\(s\) of "
+            r"\['label_phi', 'label_omega'\] have fewer than 1000000 rows, the most \d+",
         ),
     ],
 )
-def test_bad_holdout_is_an_error(trained, holdout, message):
+def test_a_bad_holdout_or_min_label_rows_is_an_error(trained, split, message):
     tmp, _ = trained
-    cfg = _config(tmp, split={"holdout": holdout})
+    cfg = _config(tmp, split=split)
     with pytest.raises(DetlearnError, match=message):
         train(cfg, tmp / "ds", tmp / "bad_run", progress=False)
+
+
+def test_labels_with_too_few_rows_are_left_out_and_reported(tmp_path):
+    """The default acceptance falls at low m_Φ: of 1500 events per point the m_Φ = 100 GeV
+    labels keep ~14 rows each, the others >= ~70 (all splits together)."""
+    cfg = _config(
+        tmp_path,
+        simulate={"acceptance_max": 0.08, "acceptance_scale": 800.0},
+        split={"min_label_rows": {"columns": CONTEXT, "rows": 40}},
+    )
+    simulate(tmp_path / "sim", 1500, 0, cfg.simulate)
+    prepare(cfg, tmp_path / "ds", progress=False)
+    message = (
+        r"4 label\(s\) of \['label_phi', 'label_omega'\] with fewer than 40 rows left out of "
+        r"training \(rows per label\): \(100, 0.25\): \d+, \(100, 1.225\)"
+    )
+    with pytest.warns(SparseLabelWarning, match=message):
+        train(cfg, tmp_path / "ds", tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    record = info["sparse_labels"]
+    assert record["labels"] == [[100.0, m] for m in (0.25, 1.225, 2.2, 3.175)]
+    everything = Dataset.open(tmp_path / "ds").load(CONTEXT)
+    values = np.stack([everything[c] for c in CONTEXT], 1)
+    for label, rows in zip(record["labels"], record["rows"], strict=True):
+        assert holdout_mask(values, np.array([label])).sum() == rows < 40
+    assert (values[:, 0] > 100).sum() == len(values) - sum(record["rows"])
+    # Trained on the 3 x 4 grid left, and the checkerboard is that grid's.
+    assert info["context"][0]["min"] == 690.0
+    assert info["holdout"]["points"] == [[1280.0, 1.225]]
+    evaluate(tmp_path / "run", tmp_path / "report")
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
+    assert metrics["labels_left_out"] == 4 and metrics["heldout_points"] == 1
 
 
 def test_constant_condition_column_is_an_error(tmp_path):

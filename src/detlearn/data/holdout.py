@@ -4,7 +4,8 @@ A model trained on a grid of conditions (generated masses, beam energies, ...) i
 leaving some grid points out of training and validation and comparing the model there with an
 independent sample. :func:`resolve_points` turns a :class:`~detlearn.config.HoldoutConfig` into
 the list of points (explicit, or the grid's interior checkerboard), :func:`holdout_mask` finds
-the rows at those points.
+the rows at those points. :func:`sparse_labels` finds the grid points with too few rows to be
+trained on (``split.min_label_rows``).
 
 Example:
     >>> values = np.array([[x, y] for x in range(4) for y in range(4)], dtype=float)
@@ -21,7 +22,7 @@ import numpy as np
 from detlearn.config import HoldoutConfig
 from detlearn.errors import DetlearnError
 
-__all__ = ["MAX_GRID_VALUES", "checkerboard", "holdout_mask", "resolve_points"]
+__all__ = ["MAX_GRID_VALUES", "checkerboard", "holdout_mask", "resolve_points", "sparse_labels"]
 
 #: More distinct values than this in one column is a continuous variable, not a grid axis.
 MAX_GRID_VALUES = 1000
@@ -89,3 +90,28 @@ def resolve_points(spec: HoldoutConfig, values: np.ndarray) -> np.ndarray:
     if spec.points == "checkerboard":
         return checkerboard(values, spec.columns, spec.rtol)
     return np.asarray(spec.points, dtype=np.float64).reshape(-1, len(spec.columns))
+
+
+def sparse_labels(
+    values: np.ndarray, min_rows: int, rtol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels (distinct rows of ``values`` [N, K], each column's values merged within
+    ``rtol``) that occur in fewer than ``min_rows`` rows.
+
+    Returns:
+        ``(labels, rows)``: the sparse labels [L, K], sorted, and the rows of each [L].
+
+    Example:
+        >>> values = np.array([[1.0, 2.0]] * 3 + [[1.0, 3.0]] * 2 + [[2.0, 2.0]])
+        >>> labels, rows = sparse_labels(values, 3)
+        >>> labels.tolist(), rows.tolist()
+        ([[1.0, 3.0], [2.0, 2.0]], [2, 1])
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    axes, index = zip(
+        *(_grid_axis(values[:, j], rtol) for j in range(values.shape[1])), strict=True
+    )
+    cells, rows = np.unique(np.stack(index, axis=1), axis=0, return_counts=True)
+    few = rows < min_rows
+    labels = np.stack([axes[j][cells[few, j]] for j in range(values.shape[1])], axis=1)
+    return labels, rows[few]

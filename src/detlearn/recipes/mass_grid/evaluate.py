@@ -382,6 +382,9 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     metrics["tolerance"] = tol
     metrics["heldout_points"] = len(rows)
     metrics["interior_points"] = int(interior.sum())
+    # Grid labels left out of training for too few rows (split.min_label_rows).
+    sparse = surrogate.info.get("sparse_labels") or {}
+    metrics["labels_left_out"] = len(sparse.get("labels", []))
     metrics["samples_per_point"] = n
     return write_report(
         out_dir,
