@@ -194,6 +194,23 @@ def test_regressor_trains_from_a_flat_ntuple_config_only(tmp_path):
     assert sidecar["model"] == "regressor.onnx" and sidecar["parity_max_scaled"] <= 1
 
 
+def test_a_run_stopped_before_its_count_model_resumes(trained, tmp_path):
+    """The flow trained, the job was stopped before the count model began (no count checkpoint,
+    no run.json): --resume continues the flow from its last checkpoint and trains the count
+    model from the start."""
+    import shutil
+
+    cfg = validate_config(json.loads((trained / "run" / "run.json").read_text())["config"])
+    run = tmp_path / "run"
+    train(cfg, trained / "ds", run, progress=False)
+    shutil.rmtree(run / "count")
+    (run / "run.json").unlink()
+    train(cfg, trained / "ds", run, resume=True, progress=False)
+    s = Surrogate.load(run)
+    counts, _, x = s.simulate_events({"c": np.full(2000, 0.5)}, seed=0)
+    assert abs(counts.mean() - 7.5) < 0.15 * 7.5 and (x > 0).all()
+
+
 def test_training_is_reproducible_within_one_process(tmp_path):
     """Initial weights come from training.seed, not from torch's global generator state."""
     import torch

@@ -229,7 +229,7 @@ def train(
     """
     from detlearn.models.counts import CountModel
     from detlearn.models.flows import ConditionalFlow
-    from detlearn.training import fit
+    from detlearn.training import fit, last_checkpoint
 
     if cfg.model.family == "classifier":
         raise DetlearnError("model.family 'classifier' is not trainable by this command yet")
@@ -330,7 +330,8 @@ def train(
             counts["val"],
             cfg.training.model_copy(update=update),
             out / "count",
-            resume=resume,
+            # A run stopped before its count model began resumes the flow and starts this.
+            resume=resume and last_checkpoint(out / "count").is_file(),
             progress=progress,
         )
         count_info = {"column": count_col, "model": "negbinom"}

@@ -53,7 +53,7 @@ from detlearn.errors import DetlearnError
 from detlearn.io.dataset import atomic_path
 from detlearn.models import WEIGHTS_FILE, save_model
 
-__all__ = ["DensityModule", "FitResult", "fit", "lr_factor", "stretched"]
+__all__ = ["DensityModule", "FitResult", "fit", "last_checkpoint", "lr_factor", "stretched"]
 
 Arrays = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
@@ -293,6 +293,11 @@ def _uses_cuda(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint :func:`fit` resumes from: ``run_dir/checkpoints/last.ckpt``."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 def fit(
     model: torch.nn.Module,
     train: Arrays,
@@ -335,7 +340,7 @@ def fit(
 
     cfg = stretched(cfg, len(train_t[0]), _world_size())
     ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
-    last = ckpt_dir / "last.ckpt"
+    last = last_checkpoint(run_dir)
     is_rank_zero = int(os.environ.get("RANK", "0")) == 0
     if resume and not last.is_file():
         raise DetlearnError(f"{last}: no checkpoint to resume from")
