@@ -22,6 +22,29 @@ def test_misspelled_key_names_key_and_nearest_spelling():
         validate_config({"training": {"bach_size": 10}})
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"data": {"columns": {"x": {"rol": "context"}}}},
+            "'data.columns.x.rol'; did you mean 'role'",
+        ),
+        (
+            {"split": {"holdout": {"columns": ["a"], "pointz": 1}}},
+            "'split.holdout.pointz'; did you mean 'points'",
+        ),
+        (
+            {"split": {"min_label_rows": {"columns": ["a"], "rows": 1, "rtoll": 0.1}}},
+            "'split.min_label_rows.rtoll'; did you mean 'rtol'",
+        ),
+        ({"executor": {"slurm": {"coers": 4}}}, "'executor.slurm.coers'; did you mean 'cores'"),
+    ],
+)
+def test_unknown_key_below_a_dict_or_an_optional_section_names_its_nearest_spelling(raw, message):
+    with pytest.raises(DetlearnError, match=f"unknown key {message}"):
+        validate_config(raw)
+
+
 def test_unknown_top_level_key_names_nearest_section():
     with pytest.raises(DetlearnError, match=r"unknown key 'trainig'; did you mean 'training'"):
         validate_config({"trainig": {}})

@@ -17,7 +17,8 @@ import hashlib
 import json
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -335,19 +336,25 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field path ``loc`` (None for free dicts)."""
-    model: type[BaseModel] | None = RunConfig
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return model
-        annotation = model.model_fields[part].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return model
+def _model_at(loc: tuple[Any, ...], annotation: Any = RunConfig) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field path ``loc`` below ``annotation`` (None
+    for free dicts): through ``X | None`` and the values of ``dict[str, X]`` (a column's
+    name in ``data.columns``) or items of ``list[X]``.
+
+    Example:
+        >>> _model_at(("data", "columns", "x")).__name__, _model_at(("split", "holdout")).__name__
+        ('ColumnSpec', 'HoldoutConfig')
+    """
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not loc or loc[0] not in annotation.model_fields:
+            return annotation
+        return _model_at(loc[1:], annotation.model_fields[loc[0]].annotation)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (dict, list) and loc:
+        return _model_at(loc[1:], args[-1])
+    # A union (X | None): the member that is a model.
+    members = [_model_at(loc, a) for a in args] if origin in (Union, UnionType) else []
+    return next((m for m in members if m is not None), None)
 
 
 def _explain(error: ValidationError, source: str) -> str:
