@@ -161,6 +161,30 @@ def test_forbidden_constructs_are_rejected(text, reason):
     assert str(err.value).startswith(f"expression '{text}': {reason}")
 
 
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("region == 1 & px > 0", "1 & px"),  # a ROOT-style cut: region == (1 & px) > 0
+        ("px > 0 | py < 0", "0 | py"),
+        ("(region) & 1 == 1", "region & 1"),
+    ],
+)
+def test_an_unbracketed_cut_that_python_would_read_otherwise_is_rejected(text, first):
+    with pytest.raises(DetlearnError) as err:
+        ColumnSet({"px": None}, text)
+    assert str(err.value).startswith(
+        f"expression '{text}' (selection): '{first}' is computed before the comparison next to it"
+    )
+    assert "put each comparison in brackets" in str(err.value)
+    # Bracketed, each reads as meant.
+    for fine in (
+        "(region == 1) & (px > 0)",
+        "(region & 1) == 1",
+        "where((px > 0) | (py < 0), 1, 0)",
+    ):
+        Expression(fine)
+
+
 def test_module_attribute_that_is_not_whitelisted_is_unknown():
     with pytest.raises(DetlearnError, match=r"unknown name 'np\.random'"):
         Expression("np.random + px").evaluate(ARRAYS)

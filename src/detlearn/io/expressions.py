@@ -6,7 +6,9 @@ event by event:
 - branch names, numbers, ``True``/``False``/``None``, ``pi``, ``nan``, ``inf``;
 - arithmetic ``+ - * / // % **``, comparisons (chains like ``0 < x < 1`` included), bitwise
   ``& | ^ ~ << >>``; ``and``/``or``/``not`` act element-wise as ``&``/``|``/``~`` (so ROOT-style
-  cuts read as written);
+  cuts read as written). ``& | ^`` bind tighter than a comparison in Python (not in a ROOT cut),
+  so an unbracketed ``&``/``|``/``^`` operand of a comparison (``a == 1 & b > 0``, which Python
+  reads as ``a == (1 & b) > 0``) is rejected with the advice to bracket each comparison;
 - subscripts: ``x[:, 0]`` (first element of every entry), ``x[x > 0]`` (mask), and
   ``values[index]`` where ``index`` holds one integer per entry: the element ``index`` of each
   entry's list (FEDHEX's ``TwoProng_massPi0[CBL_RecoPhi_twoprongindex]``). A negative or
@@ -156,8 +158,9 @@ def _first_line(err: BaseException) -> str:
 class _Checker(ast.NodeVisitor):
     """Rejects every construct outside the safe subset (independent of the branches present)."""
 
-    def __init__(self, fail: Callable[[str], DetlearnError]) -> None:
+    def __init__(self, fail: Callable[[str], DetlearnError], text: str) -> None:
         self.fail = fail
+        self.text = text
 
     def generic_visit(self, node: ast.AST) -> None:
         if type(node) in _FORBIDDEN_NAMES:
@@ -169,6 +172,27 @@ class _Checker(ast.NodeVisitor):
         if not isinstance(node, allowed):
             raise self.fail(f"'{type(node).__name__}' is not allowed")
         super().generic_visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        # ROOT's cut strings (C++) compare before they combine; Python's & | ^ bind tighter
+        # than a comparison, so 'a == 1 & b > 0' is a == (1 & b) > 0: kept silently, it would
+        # select the wrong rows.
+        for operand in (node.left, *node.comparators):
+            if (
+                isinstance(operand, ast.BinOp)
+                and isinstance(operand.op, (ast.BitAnd, ast.BitOr, ast.BitXor))
+                and not self._bracketed(operand)
+            ):
+                raise self.fail(
+                    f"'{ast.unparse(operand)}' is computed before the comparison next to it "
+                    "(& | ^ bind tighter than == < > in Python, unlike in a ROOT cut): put each "
+                    "comparison in brackets, e.g. '(x == 1) & (y > 0)', or join them with 'and'"
+                )
+        self.generic_visit(node)
+
+    def _bracketed(self, node: ast.expr) -> bool:
+        before, after = self.text[: node.col_offset], self.text[node.end_col_offset or 0 :]
+        return before.rstrip().endswith("(") and after.lstrip().startswith(")")
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         self.visit(node.value)
@@ -322,7 +346,7 @@ class Expression:
                 f"cannot parse {self._describe()}: {err.msg} at char {pos} "
                 f"({self.text[pos : pos + 10]!r})"
             ) from None
-        _Checker(self._fail).visit(self._tree)
+        _Checker(self._fail, self.text).visit(self._tree)
         # Every chunk of a dataset resolves against the same names; copying, rewriting and
         # compiling the tree for each chunk cost half as much as the arithmetic on it (measured).
         self._resolved: dict[frozenset[str], tuple[types.CodeType, dict[str, str]]] = {}
