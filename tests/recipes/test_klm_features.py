@@ -35,7 +35,7 @@ def test_rows_equal_the_simulated_photons(tmp_path, legacy):
         progress=False,
     )
     rows = Dataset.open(tmp_path / "ds").load(
-        ["event", "z", "theta", "p", "dt", "photon", "n_photons"]
+        ["event", "z", "theta", "p", "dt", "photon", "n_photons", "edep"]
     )
     photon = rows["photon"] == 1
     order = np.lexsort((rows["dt"][photon], rows["event"][photon]))
@@ -47,6 +47,9 @@ def test_rows_equal_the_simulated_photons(tmp_path, legacy):
     np.testing.assert_allclose(rows["theta"], events.theta[ev], atol=1e-9)
     np.testing.assert_allclose(rows["p"], events.p[ev], rtol=1e-9)
     np.testing.assert_array_equal(rows["n_photons"], events.n_photons[ev])
+    # The observer E_dep is the muon's own hit's energy deposit (the file's only non-photon hit).
+    np.testing.assert_allclose(rows["edep"], events.e_dep[ev], rtol=1e-6)
+    assert (rows["edep"] > 0).all()
 
 
 def test_event_without_photons_keeps_one_placeholder_row(tmp_path):

@@ -120,7 +120,7 @@ def test_events_without_photons_are_kept(tmp_path: Path):
     tree = uproot.open(path)["events"]
     assert tree.num_entries == 300
     counts = ak.to_numpy(ak.num(tree[f"{cfg.collection}.time"].array()))
-    np.testing.assert_array_equal(counts, ev.n_photons)
+    np.testing.assert_array_equal(counts, ev.n_photons + 1)  # the muon's own hit, then photons
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -136,13 +136,19 @@ def test_round_trip_through_edm4hep_file(tmp_path: Path, events, legacy):
     relation = "_BarHits_MCParticle" if legacy else "_BarHits_particle"
     pdg = arrays["MCParticles.PDG"]
     linked = pdg[arrays[f"{relation}.index"]]
-    assert ak.all(linked == -22)
-    np.testing.assert_array_equal(ak.to_numpy(ak.num(arrays["BarHits.time"])), events.n_photons)
+    # Each event's first hit is the muon's own (its energy deposit, at the reference plane);
+    # every other hit links to an optical photon.
+    assert ak.all(linked[:, 0] == PARTICLES["mu-"][0]) and ak.all(linked[:, 1:] == -22)
+    np.testing.assert_array_equal(ak.to_numpy(ak.num(arrays["BarHits.time"])), events.n_photons + 1)
+    e_dep = arrays["BarHits.EDep" if legacy else "BarHits.eDep"][:, 0]
+    np.testing.assert_allclose(ak.to_numpy(e_dep), events.e_dep, rtol=1e-6)
+    np.testing.assert_allclose(ak.to_numpy(arrays["BarHits.time"][:, 0]), events.t_hit, rtol=1e-6)
+    np.testing.assert_allclose(ak.to_numpy(arrays["BarHits.position.z"][:, 0]), events.z_hit)
     assert ak.all(pdg[:, 0] == PARTICLES["mu-"][0])
     assert ak.all(arrays["MCParticles.generatorStatus"][:, 0] == 1)
     assert ak.all(arrays["MCParticles.generatorStatus"][:, 1:] == 0)
     np.testing.assert_array_equal(
-        ak.to_numpy(ak.flatten(arrays["BarHits.time"])), events.photon_time
+        ak.to_numpy(ak.flatten(arrays["BarHits.time"][:, 1:])), events.photon_time
     )
     np.testing.assert_allclose(ak.to_numpy(arrays["MCParticles.vertex.z"][:, 0]), events.vertex_z)
 
@@ -154,7 +160,8 @@ def test_repo_reader_links_hits_to_photons(tmp_path: Path, events):
     path = write_edm4hep(events, tmp_path / "ev.root", cfg)
     hits, unlinked = read_hits(uproot.open(path)["events"], cfg.collection, 0, len(events))
     assert unlinked == 0
-    assert ak.all(hits["particle_PDG"] == -22)
+    assert ak.all(hits["particle_PDG"][:, 0] == PARTICLES["mu-"][0])
+    assert ak.all(hits["particle_PDG"][:, 1:] == -22)
 
 
 def test_simulate_writes_seeded_files(tmp_path: Path):

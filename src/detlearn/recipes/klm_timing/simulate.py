@@ -723,13 +723,15 @@ def _jagged(flat: np.ndarray, counts: np.ndarray) -> ak.Array:
 
 
 def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Path:
-    """Write ``events`` as ddsim writes EDM4hep: tree ``events`` with MCParticles and photon hits.
+    """Write ``events`` as ddsim writes EDM4hep: tree ``events`` with MCParticles and hits.
 
     Branches (C = ``cfg.collection``): ``MCParticles.{PDG, generatorStatus, mass, time,
     vertex.x/y/z, momentum.x/y/z}`` (the primary at index 0, generatorStatus 1, then one optical
     photon, PDG −22, status 0, per hit); ``C.{cellID, eDep, time, position.x/y/z, momentum.x/y/z,
-    pathLength}``, one hit per detected photon at the sensor plane; relation
-    ``_C_particle.{index, collectionID}`` from each hit to its photon. ``cfg.legacy_names``
+    pathLength}``: first the primary's own hit (its energy deposit ``e_dep`` [GeV], at ``t_hit``
+    where it crosses the reference plane, its chord through the bar as path length), then one
+    hit per detected photon at the sensor plane; relation ``_C_particle.{index, collectionID}``
+    from each hit to its MCParticle (0: the primary). ``cfg.legacy_names``
     writes ``_C_MCParticle`` and ``EDep`` instead. uproot adds counter branches
     ``nMCParticles``, ``nC`` and ``n_C_particle``. Not simulated, hence written as constants: the
     photon's azimuth about the bar axis (momentum y = 0), its arrival point on the sensor face
@@ -769,31 +771,38 @@ def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Pat
         "momentum.y": merged(events.py, np.zeros(len(event)), "float64"),
         "momentum.z": merged(events.pz, e_gamma * events.photon_cos, "float64"),
     }
-    f4 = np.float32
+    # Hits per event: the primary's own (its energy deposit, where and when it crosses the
+    # reference plane, linked to MCParticle 0), then one per detected photon at the sensor.
+    # The hits share the MCParticles' layout: the primary first, then its photons.
+    sin_theta = np.abs(np.sin(events.theta))
     hits = {
-        "cellID": np.zeros(len(event), dtype=np.uint64),
-        "EDep" if cfg.legacy_names else "eDep": np.full(len(event), e_gamma, dtype=f4),
-        "time": events.photon_time.astype(f4),
-        "position.x": events.photon_x.astype(np.float64),
-        "position.y": np.zeros(len(event)),
-        "position.z": np.full(len(event), cfg.sensor_z),
-        "momentum.x": (e_gamma * sin_alpha).astype(f4),
-        "momentum.y": np.zeros(len(event), dtype=f4),
+        "cellID": merged(np.zeros(n), np.zeros(len(event)), "uint64"),
+        "EDep" if cfg.legacy_names else "eDep": merged(
+            events.e_dep, np.full(len(event), e_gamma), "float32"
+        ),
+        "time": merged(events.t_hit, events.photon_time, "float32"),
+        "position.x": merged(np.full(n, cfg.x_ref), events.photon_x, "float64"),
+        "position.y": merged(events.vertex_y, np.zeros(len(event)), "float64"),
+        "position.z": merged(events.z_hit, np.full(len(event), cfg.sensor_z), "float64"),
+        "momentum.x": merged(events.px, e_gamma * sin_alpha, "float32"),
+        "momentum.y": merged(events.py, np.zeros(len(event)), "float32"),
         # At the sensor every photon travels towards +z.
-        "momentum.z": (e_gamma * np.abs(events.photon_cos)).astype(f4),
-        "pathLength": events.photon_path.astype(f4),
+        "momentum.z": merged(events.pz, e_gamma * np.abs(events.photon_cos), "float32"),
+        # The primary's chord through the bar's thickness (along x).
+        "pathLength": merged(
+            cfg.bar_thickness / np.maximum(sin_theta, 1e-9), events.photon_path, "float32"
+        ),
     }
-    within = np.arange(len(event)) - (np.cumsum(counts) - counts)[event]
     relation = {
-        "index": (within + 1).astype(np.int32),
+        "index": merged(np.zeros(n), photon_at - primary_at[event], "int32"),
         # podio's collection ID of MCParticles in this file (the reader does not check it).
-        "collectionID": np.ones(len(event), dtype=np.uint32),
+        "collectionID": merged(np.ones(n), np.ones(len(event)), "uint32"),
     }
     rel_name = f"_{cfg.collection}_{'MCParticle' if cfg.legacy_names else 'particle'}"
     columns = {
         "MCParticles": ak.zip(particles),
-        cfg.collection: ak.zip({k: _jagged(v, counts) for k, v in hits.items()}),
-        rel_name: ak.zip({k: _jagged(v, counts) for k, v in relation.items()}),
+        cfg.collection: ak.zip(hits),
+        rel_name: ak.zip(relation),
     }
     with (
         atomic_path(path) as tmp,
