@@ -106,6 +106,11 @@ def test_evaluate_scores_exactly_the_heldout_labels(trained):
         assert r["energy_sim2"] > 0 and r["kl_error"] > 0
     assert metrics["metrics"]["samples_per_point"] == 2000
     assert metrics["metrics"]["labels_left_out"] == 0
+    # The map of the errors over the grid, FEDHEX panels and marginals (panels: 1), the loss.
+    figures = {f["file"] for f in metrics["figures"]}
+    assert figures == {"error_maps.png", "panels_000.png", "marginals_000.png", "loss.png"}
+    for name in figures:
+        assert (tmp / "report" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The data spread is measured with as many events as training held out at each label.
     info = json.loads((tmp / "run" / "run.json").read_text())
     assert sum(r["train_rows"] for r in per_point) == info["holdout"]["rows_held_out"]["train"]
