@@ -93,6 +93,11 @@ class DataConfig(_Strict):
         default_factory=dict, description="output columns: name -> {expr, role, unit, bounds}"
     )
     selection: str | None = Field(None, description="row selection expression, e.g. 'x > 0'")
+    require: list[str] = Field(
+        default_factory=list,
+        description="expressions of branches every entry must satisfy, else an error naming "
+        "the file (e.g. 'ak.num(raw) == 8')",
+    )
     step_size: int = Field(200_000, gt=0, description="entries per work item (one shard each)")
     on_nonfinite: Literal["drop", "error"] = Field(
         "drop", description="rows with NaN/Inf in a column: drop (counted) or error"

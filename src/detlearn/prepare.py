@@ -76,7 +76,7 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
     group = group_column(data)
     if group not in exprs:
         exprs[group] = ENTRY_ALIAS
-    columns = _column_set(tuple(exprs.items()), data.selection)
+    columns = _column_set(tuple(exprs.items()), data.selection, tuple(data.require))
     keys = chunk.keys()
     branches = sorted(columns.branches([*keys, ENTRY_ALIAS], where=chunk.path) - {ENTRY_ALIAS})
     records = chunk.arrays(branches)
@@ -89,10 +89,12 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
 
 
 @functools.lru_cache(maxsize=8)
-def _column_set(exprs: tuple[tuple[str, str | None], ...], selection: str | None) -> ColumnSet:
+def _column_set(
+    exprs: tuple[tuple[str, str | None], ...], selection: str | None, require: tuple[str, ...]
+) -> ColumnSet:
     # One per config, kept across the chunks a process handles: the set caches its resolved
     # and compiled expressions.
-    return ColumnSet(dict(exprs), selection)
+    return ColumnSet(dict(exprs), selection, require)
 
 
 def _numpy_if_flat(array: ak.Array) -> Any:

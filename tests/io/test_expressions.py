@@ -55,6 +55,20 @@ def test_selections(text, expected):
     np.testing.assert_array_equal(values["px"], PX[expected])
 
 
+def test_a_requirement_that_fails_names_itself_the_entries_and_the_first():
+    arrays = {"raw": ak.Array([[1.0] * 8, [1.0] * 8, [1.0] * 10, [1.0] * 6]), "e": np.ones(4)}
+    columns = ColumnSet({"e": None}, "e > 0", require=["ak.num(raw) == 8"])
+    with pytest.raises(DetlearnError) as err:
+        columns.evaluate(arrays, where="f.root:Events[0:4]")
+    assert str(err.value) == (
+        "data.require 'ak.num(raw) == 8' fails for 2 of 4 entries in f.root:Events[0:4] "
+        "(the first: entry 2 of the chunk)"
+    )
+    fine = {k: v[:2] for k, v in arrays.items()}
+    assert columns.evaluate(fine)[0]["e"].tolist() == [1.0, 1.0]
+    assert columns.branches(["raw", "e"]) == {"raw", "e"}
+
+
 def test_per_entry_index_picks_that_element_fedhex():
     arrays = {
         "TwoProng_massPi0": ak.Array([[0.5, 1.5, 2.5], [3.5], [4.5, 5.5], []]),

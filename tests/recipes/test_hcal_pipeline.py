@@ -105,15 +105,16 @@ def test_sigma_eff_of_a_gaussian_is_its_sigma():
     assert sigma_eff(x) == pytest.approx(0.1, rel=0.02)
 
 
-def test_branch_with_wrong_number_of_samples_names_it(tmp_path, runner):
+@pytest.mark.parametrize("samples", [6, 10])
+def test_branch_with_wrong_number_of_samples_names_it(tmp_path, runner, samples):
     import uproot
 
     from detlearn.recipes.hcal_energy import HcalSimConfig, generate_channels
 
     ch = generate_channels(300, HcalSimConfig(), np.random.default_rng(0)).branches()
-    ch["raw"] = ch["raw"][:, :6]
+    ch["raw"] = np.concatenate([ch["raw"], ch["raw"]], axis=1)[:, :samples]
     ch |= {"energy": ch["genE"], "eraw": ch["genE"]}
-    path = tmp_path / "six.root"
+    path = tmp_path / f"samples{samples}.root"
     with uproot.recreate(path) as f:
         f.mktree("Events", {k: (v.dtype, v.shape[1:]) for k, v in ch.items()})
         f["Events"].extend(ch)
@@ -123,5 +124,6 @@ def test_branch_with_wrong_number_of_samples_names_it(tmp_path, runner):
     result = runner.invoke(app, ["prepare", str(config), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2
     message = " ".join(result.output.split())
-    assert "six.root" in message and "'raw[:, 6]'" in message and "raw_6" in message
+    assert f"samples{samples}.root" in message
+    assert "data.require 'ak.num(raw) == 8' fails for 300 of 300 entries" in message
     assert not (tmp_path / "ds" / "manifest.json").exists()

@@ -37,7 +37,7 @@ import ast
 import copy
 import re
 import types
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import awkward as ak
@@ -448,6 +448,9 @@ class ColumnSet:
         selection: a boolean expression per entry; entries where it is False (or missing) are
             dropped before the columns are computed, so a column may rely on the cut
             (``GenPhi_mass[:, 0]`` after ``ak.num(GenPhi_mass) > 0``). It may use columns.
+        require: boolean expressions of branches that every entry read must satisfy
+            (``ak.num(raw) == 8``: a fixed number of samples); an entry where one is False or
+            missing is an error naming the expression, the entries that fail and the first.
 
     Example:
         >>> import awkward as ak
@@ -456,12 +459,18 @@ class ColumnSet:
         [1.5, 3.0]
     """
 
-    def __init__(self, columns: Mapping[str, str | None], selection: str | None = None) -> None:
+    def __init__(
+        self,
+        columns: Mapping[str, str | None],
+        selection: str | None = None,
+        require: Sequence[str] = (),
+    ) -> None:
         self.columns = {
             name: Expression(name if expr is None else expr, column=name)
             for name, expr in columns.items()
         }
         self.selection = Expression(selection, label="selection") if selection else None
+        self.require = [Expression(text, label="data.require") for text in require]
 
     def _dependencies(
         self, available: Collection[str], where: str
@@ -511,6 +520,8 @@ class ColumnSet:
             needed |= expr.branches(available, names, where)
         if self.selection is not None:
             needed |= self.selection.branches(available, names, where)
+        for expr in self.require:
+            needed |= expr.branches(available, set(), where)
         return needed
 
     def evaluate(
@@ -533,6 +544,13 @@ class ColumnSet:
         if not arrays:
             raise DetlearnError(f"no branches to evaluate columns on{_at(where)}")
         n = len(next(iter(arrays.values())))
+        for expr in self.require:
+            ok = self._mask(expr, arrays, n, where)
+            if not ok.all():
+                raise DetlearnError(
+                    f"data.require '{expr.text}' fails for {int((~ok).sum())} of {n} entries"
+                    f"{_at(where)} (the first: entry {int(np.argmin(ok))} of the chunk)"
+                )
         deps, selection_deps = self._dependencies(arrays.keys(), where)
         order = self._order(deps)
         needed_by_selection = _closure(selection_deps, deps)
@@ -544,7 +562,7 @@ class ColumnSet:
                 raw[name] = self._raw(name, arrays, raw, n, where)
         n_after = n
         if self.selection is not None:
-            mask = self._mask({**arrays, **raw}, n, where)
+            mask = self._mask(self.selection, {**arrays, **raw}, n, where)
             n_after = int(mask.sum())
             if n_after != n:
                 arrays = {k: v[mask] for k, v in arrays.items()}
@@ -584,10 +602,12 @@ class ColumnSet:
             return np.full(n, value)
         return _flat(value, self._what(name), where)
 
-    def _mask(self, scope: Mapping[str, Any], n: int, where: str) -> np.ndarray:
-        assert self.selection is not None
-        result = self.selection.evaluate(scope, where)
-        what = f"selection '{self.selection.text}'"
+    @staticmethod
+    def _mask(expr: Expression, scope: Mapping[str, Any], n: int, where: str) -> np.ndarray:
+        """A boolean expression (the selection, a requirement) as a numpy mask; a missing
+        value is False."""
+        result = expr.evaluate(scope, where)
+        what = f"{expr.label or 'expression'} '{expr.text}'"
         if not isinstance(result, ak.Array):
             return np.full(n, bool(result))
         content = ak.type(result).content
