@@ -92,3 +92,26 @@ def test_slurm_job_script_carries_the_config():
     ):
         assert line in script, script
     assert "--mem=15G" in script or "--mem=16G" in script
+
+
+@pytest.mark.parametrize(
+    ("kind", "missing", "extra"),
+    [
+        ("dask", "distributed", "dask"),
+        ("slurm", "distributed", "slurm"),
+        ("slurm", "dask_jobqueue", "slurm"),
+    ],
+)
+def test_a_missing_extra_names_the_one_to_install(monkeypatch, kind, missing, extra):
+    import sys
+
+    from detlearn.errors import DetlearnError
+
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError
+    with (
+        pytest.raises(
+            DetlearnError, match=rf"needs '{missing}'.*pip install 'detlearn\[{extra}\]'"
+        ),
+        executor(ExecutorConfig(kind=kind, workers=1)),
+    ):
+        pass

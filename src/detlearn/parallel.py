@@ -170,7 +170,8 @@ def executor(cfg: ExecutorConfig, preload: Sequence[str] = ()) -> Iterator[Execu
         with LocalExecutor(cfg.workers, preload) as pool:
             yield pool
         return
-    distributed = _require("distributed", "dask")
+    # The slurm extra installs distributed too: name the extra that this executor needs.
+    distributed = _require("distributed", "slurm" if cfg.kind == "slurm" else "dask")
     with contextlib.ExitStack() as stack:
         if cfg.kind == "dask":
             if cfg.scheduler:
