@@ -100,11 +100,22 @@ def test_commented_dump_round_trips_to_the_same_config():
     assert RunConfig.model_validate(yaml.safe_load(text)) == cfg
 
 
-def test_cli_config_show_prints_commented_defaults(runner):
-    result = runner.invoke(app, ["config", "show", "klm-timing"])
+@pytest.mark.parametrize("recipe", ["klm-timing", "mass-grid", "hcal-energy"])
+def test_cli_config_show_prints_commented_defaults(runner, recipe):
+    from detlearn.recipes import get_recipe
+
+    result = runner.invoke(app, ["config", "show", recipe])
     assert result.exit_code == 0, result.output
-    assert "recipe: klm-timing" in result.output
+    assert f"recipe: {recipe}" in result.output
     assert "batch_size:" in result.output and "#" in result.output
+    # The simulator's options too, each with its default and a comment; the text reads back.
+    options = get_recipe(recipe).module.SIMULATE_OPTIONS
+    shown = yaml.safe_load(result.output)["simulate"]
+    defaults = options.model_validate(get_recipe(recipe).default_config().get("simulate") or {})
+    assert options.model_validate(shown) == defaults and set(shown) == set(options.model_fields)
+    lines = result.output.splitlines()
+    for name in options.model_fields:
+        assert any(line.startswith(f"  {name}: ") and "  # " in line for line in lines), name
 
 
 def test_cli_unknown_recipe_exit_2(runner):

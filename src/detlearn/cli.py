@@ -93,8 +93,14 @@ def config_show(recipe: Annotated[str, typer.Argument(help="recipe name")]) -> N
     from detlearn.config import deep_merge, dump_commented_yaml, validate_config
     from detlearn.recipes import get_recipe
 
-    raw = deep_merge({"recipe": recipe}, get_recipe(recipe).default_config())
-    print(dump_commented_yaml(validate_config(raw, f"recipe {recipe}")))
+    found = get_recipe(recipe)
+    cfg = validate_config(
+        deep_merge({"recipe": recipe}, found.default_config()), f"recipe {recipe}"
+    )
+    # The simulator's options, every one with its default and meaning.
+    options = getattr(found.module, "SIMULATE_OPTIONS", None)
+    expand = {"simulate": options.model_validate(cfg.simulate)} if options else None
+    print(dump_commented_yaml(cfg, expand=expand))
 
 
 @app.command()

@@ -506,12 +506,18 @@ def data_hash(data: DataConfig) -> str:
     return config_hash(data.model_copy(update={"inputs": [], "on_error": "stop"}))
 
 
-def dump_commented_yaml(model: BaseModel, indent: int = 0) -> str:
-    """YAML text of a config with each key's description as a trailing comment."""
+def dump_commented_yaml(
+    model: BaseModel, indent: int = 0, expand: Mapping[str, BaseModel] | None = None
+) -> str:
+    """YAML text of a config with each key's description as a trailing comment.
+
+    ``expand``: top-level free sections written as the given model instead, every key with its
+    comment (a recipe's ``simulate`` options as its simulator's config).
+    """
     lines: list[str] = []
     pad = "  " * indent
     for name, field in type(model).model_fields.items():
-        value = getattr(model, name)
+        value = (expand or {}).get(name, getattr(model, name))
         comment = f"  # {field.description}" if field.description else ""
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:{comment}")

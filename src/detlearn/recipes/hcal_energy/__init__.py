@@ -62,6 +62,7 @@ __all__ = [
     "ETA_EDGES",
     "MAX_DEPTH",
     "SAMPLES",
+    "SIMULATE_OPTIONS",
     "SOI",
     "TS_NS",
     "HcalChannels",
@@ -84,3 +85,6 @@ __all__ = [
     "tower_eta",
     "write_channels",
 ]
+
+#: The options of the recipe's ``simulate`` section (``detlearn config show`` lists them).
+SIMULATE_OPTIONS = HcalSimConfig

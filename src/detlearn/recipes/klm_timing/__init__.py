@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from detlearn.recipes.klm_timing.evaluate import evaluate
 from detlearn.recipes.klm_timing.features import extract
-from detlearn.recipes.klm_timing.simulate import simulate
+from detlearn.recipes.klm_timing.simulate import KLMSimConfig, simulate
 
-__all__ = ["DEMO_EVENTS", "DEMO_OVERRIDES", "evaluate", "extract", "simulate"]
+__all__ = ["DEMO_EVENTS", "DEMO_OVERRIDES", "SIMULATE_OPTIONS", "evaluate", "extract", "simulate"]
 
 #: Events simulated by ``detlearn demo`` (``make demo``): ~4 M photon rows. The count model
 #: learns from one row per event, so it is the events that set its accuracy.
@@ -20,3 +20,6 @@ DEMO_EVENTS = 12_000
 #: Config overrides of the demo: a fixed epoch budget, so the cosine schedule anneals fully,
 #: over a 1.5 M-photon subset of the training split (the count model sees every event).
 DEMO_OVERRIDES = {"training": {"max_epochs": 20, "max_rows": 1_500_000}}
+
+#: The options of the recipe's ``simulate`` section (``detlearn config show`` lists them).
+SIMULATE_OPTIONS = KLMSimConfig

@@ -35,6 +35,7 @@ from detlearn.recipes.mass_grid.simulate import (
 
 __all__ = [
     "DEMO_EVENTS",
+    "SIMULATE_OPTIONS",
     "MassGridConfig",
     "MassGridEvents",
     "acceptance",
@@ -52,3 +53,6 @@ __all__ = [
 #: Generated events per grid point for ``detlearn demo``: FEDHEX's 10 000. About 8 % pass the
 #: selection at high m_Φ, ~1 % at 100 GeV: ~67 000 rows on the default 10 × 10 grid.
 DEMO_EVENTS = 10_000
+
+#: The options of the recipe's ``simulate`` section (``detlearn config show`` lists them).
+SIMULATE_OPTIONS = MassGridConfig
