@@ -43,6 +43,10 @@ def test_report_scores_every_populated_bin_for_all_three_methods(demo):
     assert {r["PU"] for r in rows} <= {"[0, 50)", "[50, 110)"} and len(rows) >= 8
     for method in ("DNN", "MAHI-lite", "M0"):
         assert all(np.isfinite(r[f"{method} res."]) and r[f"{method} res."] > 0 for r in rows)
+        # σ_eff of E/E_gen per bin (unitless), finite and positive.
+        assert all(0 < r[f"{method} σ_eff"] < 10 for r in rows)
+        assert metrics["metrics"][f"sigma_eff_{method}"] > 0
+    assert metrics["metrics"]["test_channels_without_deposit"] == 0
     figures = {f["file"] for f in metrics["figures"]}
     assert {"response_0.png", "resolution_0.png", "dE_0.png", "timing.png"} <= figures
     # Bins listed as "not better" are exactly those where the DNN's resolution is not lower.
