@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -204,9 +205,27 @@ def _run_info(
             for k in context
         ],
         "target": target,
+        "context_labels": _grid_labels(cfg, np.stack([train_part[k] for k in context], 1), context),
         **extra,
         "config": cfg.model_dump(mode="json"),
     }
+
+
+#: More distinct training contexts than this are a continuous context, not a grid of labels.
+MAX_LABELS = 10_000
+
+
+def _grid_labels(cfg: RunConfig, c: np.ndarray, context: list[str]) -> list[list[float]] | None:
+    """The distinct training contexts [L, C] of a grid of labels (generated masses, beam
+    energies...), kept so that :meth:`Surrogate.context_array` can tell a label outside their
+    convex hull; None unless the split treats every context column as a label
+    (``split.holdout`` or ``split.min_label_rows`` on all of them), there are two or more, and
+    at most :data:`MAX_LABELS` distinct ones."""
+    rules = [r for r in (cfg.split.holdout, cfg.split.min_label_rows) if r is not None]
+    if c.shape[1] < 2 or not any(set(r.columns) == set(context) for r in rules):
+        return None
+    labels = np.unique(c, axis=0)
+    return labels.tolist() if len(labels) <= MAX_LABELS else None
 
 
 def train(
@@ -533,7 +552,38 @@ class Surrogate:
                 ContextRangeWarning,
                 stacklevel=2,
             )
+        elif (hull := self._outside_hull(c, lo, hi)).any():
+            warnings.warn(
+                f"{hull.mean():.1%} of contexts lie inside the training range of every column "
+                f"but outside the convex hull of the {len(self.info['context_labels'])} "
+                "training labels: the surrogate extrapolates there",
+                ContextRangeWarning,
+                stacklevel=2,
+            )
         return c
+
+    @functools.cached_property
+    def _hull(self) -> Any:
+        """A Delaunay triangulation of the training labels in units of their range (so that
+        no column's scale dominates the geometry), or None: a continuous context, or labels
+        that span no volume."""
+        from scipy.spatial import Delaunay, QhullError
+
+        labels = self.info.get("context_labels")
+        if labels is None:
+            return None
+        lo = np.array([k["min"] for k in self.info["context"]])
+        hi = np.array([k["max"] for k in self.info["context"]])
+        try:
+            return Delaunay((np.asarray(labels) - lo) / np.where(hi > lo, hi - lo, 1.0))
+        except QhullError:
+            return None
+
+    def _outside_hull(self, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Boolean [B]: the row lies outside the convex hull of the run's training labels."""
+        if self._hull is None:
+            return np.zeros(len(c), dtype=bool)
+        return self._hull.find_simplex((c - lo) / np.where(hi > lo, hi - lo, 1.0), tol=1e-9) < 0
 
     def _tensor(self, c: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(c, dtype=torch.float32)

@@ -152,6 +152,23 @@ def test_generation_outside_the_grid_warns_that_it_extrapolates(trained):
         s.sample({"label_phi": 2500.0, "label_omega": 1.225}, 10, seed=0)
 
 
+def test_a_label_outside_the_hull_of_the_training_labels_warns_inside_their_range(trained):
+    """The corner (1870, 3.175) GeV held out: the training labels span the whole box of the
+    4 x 4 grid, but no longer the corner triangle beyond (1280, 3.175)-(1870, 2.2)."""
+    tmp, _ = trained
+    corner = _config(tmp, split={"holdout": {"columns": CONTEXT, "points": [[1870.0, 3.175]]}})
+    train(corner, tmp / "ds", tmp / "corner", progress=False)
+    s = Surrogate.load(tmp / "corner")
+    assert len(s.info["context_labels"]) == 15
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # Inside the hull, and on its new edge.
+        s.sample({"label_phi": [1500.0, 1280.0], "label_omega": [2.5, 3.175]}, 10, seed=0)
+    message = r"50\.0% of contexts lie inside .* outside the convex hull of the 15 training labels"
+    with pytest.warns(ContextRangeWarning, match=message):
+        s.sample({"label_phi": [1800.0, 1500.0], "label_omega": [3.1, 2.5]}, 10, seed=0)
+
+
 class _Stop(Exception):
     """Raised by a stand-in for fit(): the test needs what train() would fit on, not a fit."""
 
