@@ -75,6 +75,24 @@ def test_fit_learns_a_conditional_lognormal_and_writes_artifacts(tmp_path):
         assert torch.equal(reloaded.log_prob(x_val, c_val), flow.log_prob(x_val, c_val))
 
 
+def test_training_stops_early_when_the_validation_loss_stops_improving(tmp_path):
+    """Validation rows from another distribution (x ten times larger): fitting the training
+    rows makes their NLL worse, so training stops after ``patience`` epochs without a new best
+    and keeps the best epoch's weights."""
+    train, val = lognormal(4000, 0), lognormal(1000, 1)
+    val["target"] = val["target"] * 10
+    flow = tiny_flow()
+    cfg = TrainingConfig(batch_size=256, lr=5e-3, max_epochs=30, patience=3)
+    result = fit(flow, train, val, cfg, tmp_path)
+    losses = [float(r["val_loss"]) for r in read_history(tmp_path)]
+    best = int(np.argmin(losses))
+    assert result.epochs == len(losses) == best + 1 + cfg.patience < cfg.max_epochs
+    assert result.best_val_loss == pytest.approx(losses[best])
+    x_val, c_val = torch.as_tensor(val["target"]), torch.as_tensor(val["context"])
+    with torch.no_grad():
+        assert -flow.log_prob(x_val, c_val).mean().item() == pytest.approx(losses[best])
+
+
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     train, val = lognormal(1000, 0), lognormal(300, 1)
     first = fit(tiny_flow(), train, val, TrainingConfig(batch_size=200, max_epochs=2), tmp_path)
