@@ -242,7 +242,20 @@ def evaluate(
     if not recipe:
         raise DetlearnError(f"{run}: run has no recipe, so there is no simulator to compare with")
     report = get_recipe(recipe).function("evaluate")(run, out_dir or run / "report")
+    _print_checks(report)
     out.print(f"report: {report}")
+
+
+def _print_checks(report: Path) -> None:
+    """One line per quality target of a report: pass/FAIL, the value and the target."""
+    import json
+
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    for name, check in metrics.get("checks", {}).items():
+        mark = "[green]pass[/]" if check["pass"] else "[red]FAIL[/]"
+        out.print(
+            f"{mark}  {name} = {check['value']:.4g}  (target {check['op']} {check['threshold']:g})"
+        )
 
 
 @app.command("export")
@@ -271,8 +284,6 @@ def demo(
     set_: SetOption = None,
 ) -> None:
     """Simulate, prepare, train, evaluate and export a recipe on built-in data."""
-    import json
-
     from detlearn.config import deep_merge
     from detlearn.pipeline import run_recipe
     from detlearn.recipes import get_recipe
@@ -283,12 +294,7 @@ def demo(
         raise DetlearnError(f"recipe '{recipe}' has no demo size; pass --events")
     overrides = deep_merge(getattr(rec.module, "DEMO_OVERRIDES", {}), parse_overrides(set_))
     result = run_recipe(recipe, out_dir, int(n), seed, overrides, console=out)
-    metrics = json.loads((result["report"].parent / "metrics.json").read_text())
-    for name, check in metrics.get("checks", {}).items():
-        mark = "[green]pass[/]" if check["pass"] else "[red]FAIL[/]"
-        out.print(
-            f"{mark}  {name} = {check['value']:.4g}  (target {check['op']} {check['threshold']:g})"
-        )
+    _print_checks(result["report"])
     out.print(f"report: {result['report']}   total {result['timings']['total'] / 60:.1f} min")
 
 
