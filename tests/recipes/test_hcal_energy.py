@@ -55,6 +55,29 @@ def test_generation_depends_on_the_seed_only_not_on_threads():
     assert not np.array_equal(one.raw, _gen(70_000, seed=6).raw)
 
 
+def test_true_energy_spectrum_is_a_soft_exponential_plus_log_uniform_and_pu_spans_0_to_110():
+    """genE ~ 0.3 Exp(2 GeV) + 0.7 LogUniform(0.2, 200 GeV); PU ~ Poisson(μ), μ ~ U(0, 100)."""
+    from scipy.stats import kstest
+
+    cfg = HcalSimConfig()
+    ch = _gen(100_000)
+    f = cfg.soft_fraction
+    span = np.log(cfg.energy_max / cfg.energy_min)
+
+    def cdf(x):
+        log_uniform = np.clip(np.log(np.maximum(x, 1e-300) / cfg.energy_min) / span, 0, 1)
+        return f * -np.expm1(-x / cfg.soft_mean) + (1 - f) * log_uniform
+
+    assert kstest(ch.gen_energy, cdf).pvalue > 1e-3
+    assert ch.gen_energy.max() > 100 and (ch.gen_energy < 0.2).mean() > 0.02
+    pu = ch.pu.astype(np.float64)
+    mean, var = cfg.pu_mean_max / 2, cfg.pu_mean_max / 2 + cfg.pu_mean_max**2 / 12
+    assert abs(pu.mean() - mean) < 5 * np.sqrt(var / len(pu))
+    # The variance's relative error is sqrt((kurtosis - 1) / n), kurtosis < 3 here.
+    assert abs(pu.var() / var - 1) < 5 * np.sqrt(2 / len(pu))
+    assert pu.min() == 0 and 105 < np.quantile(pu, 0.995) < 125
+
+
 def test_pileup_is_compound_poisson_uniform_over_the_crossings():
     cfg = HcalSimConfig(pu_mean_min=60.0, pu_mean_max=60.0)
     ch = _gen(100_000, seed=4, pu_mean_min=60.0, pu_mean_max=60.0)
