@@ -144,3 +144,20 @@ def test_wrong_input_width_is_a_clear_error():
     model = Regressor(36, RegressorConfig())
     with pytest.raises(DetlearnError, match=r"expected shape \[N, 36\], got \[4, 35\]"):
         model(torch.zeros(4, 35))
+
+
+def test_scaling_is_fitted_on_the_training_rows_only(tmp_path):
+    """Validation rows ten units away must not move the input or target scaling."""
+    from detlearn.config import TrainingConfig
+    from detlearn.training import fit
+
+    rng = np.random.default_rng(0)
+    x_train = rng.uniform(0, 1, (2000, 3)).astype(np.float32)
+    x_val = rng.uniform(10, 11, (500, 3)).astype(np.float32)
+    train = {"inputs": x_train, "target": x_train.sum(1)}
+    val = {"inputs": x_val, "target": x_val.sum(1)}
+    model = Regressor(3, RegressorConfig(arch="mlp", hidden=[8]), [f"x{i}" for i in range(3)], "y")
+    fit(model, train, val, TrainingConfig(batch_size=500, max_epochs=1), tmp_path)
+    np.testing.assert_allclose(model.x_mean.numpy(), x_train.mean(0), atol=1e-6)
+    np.testing.assert_allclose(model.x_std.numpy(), x_train.std(0, ddof=1), rtol=1e-5)
+    assert model.y_mean.item() == pytest.approx(float(train["target"].mean()), abs=1e-5)
