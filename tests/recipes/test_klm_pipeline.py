@@ -41,6 +41,12 @@ def test_report_has_every_target_and_figure(demo):
     assert html.count("<img") >= 10 and "kl_mean" in html and "c2st_auc" in html
     rows = metrics["tables"][0]["rows"]
     assert {r["variable"] for r in rows} == {"z", "theta", "p"} and len(rows) == 10 + 4 + 3
+    # Whole events at the reference contexts: the photon-count distributions, each figure
+    # beside a second simulated sample.
+    events = next(t["rows"] for t in metrics["tables"] if "mean_N_sim2" in t["rows"][0])
+    for r in events:
+        assert r["std_N_sim"] > 0 and r["std_N_sim2"] > 0 and r["std_N_model"] > 0
+        assert r["w1_N_model"] >= 0 and r["w1_N_sim2"] >= 0
 
 
 def test_export_sidecar_names_inputs_and_units(demo):

@@ -8,7 +8,8 @@ c_j = (z_j, θ_j, |p|_j) and simulated delay Δt_j:
 - per bin of z (10), θ (4), |p| (3): Wasserstein-1 [ns], KS, two-sample χ²/ndf, PIT
   calibration, each beside its sim-vs-sim baseline; a classifier two-sample test (AUC) on
   (Δt, z, θ, |p|) jointly; KL(sim ∥ model) in nats from the simulator's exact density;
-- whole events at fixed reference contexts: photon-count distributions and the first-photon
+- whole events at fixed reference contexts: photon-count distributions (mean, standard
+  deviation and W1 to the simulation, each beside sim2's) and the first-photon
   time resolution (half the 16-84 % range of the earliest Δt in events with
   ≥ ``min_photons`` photons; the standard deviation is reported too), surrogate (count model
   + flow) vs simulator, beside a second simulated sample of the same size.
@@ -61,6 +62,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     """Validate the surrogate in ``run_dir`` against the simulator; returns the report path."""
     from detlearn.evaluation import width68
     from detlearn.evaluation.density import validate_conditional
+    from detlearn.evaluation.metrics import wasserstein1
     from detlearn.recipes.klm_timing.density import log_density
     from detlearn.recipes.klm_timing.simulate import KLMSimConfig, sample_delays, simulate_at
     from detlearn.report import (
@@ -164,6 +166,12 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
                 "mean_N_sim": float(sim.n_photons.mean()),
                 "mean_N_sim2": float(sim2.n_photons.mean()),
                 "mean_N_model": float(counts.mean()),
+                "std_N_sim": float(sim.n_photons.std()),
+                "std_N_sim2": float(sim2.n_photons.std()),
+                "std_N_model": float(counts.std()),
+                # The whole count distribution: W1 [photons] to sim, beside sim2's.
+                "w1_N_model": wasserstein1(sim.n_photons, counts),
+                "w1_N_sim2": wasserstein1(sim.n_photons, sim2.n_photons),
                 "first_res_sim": float(s_sim),
                 "first_res_sim2": float(s_sim2),
                 "first_res_model": float(s_model),
