@@ -588,3 +588,23 @@ def test_context_of_flow_samples_its_own_inverse_exports_and_reloads(kind, rows,
         loaded = load_model(tmp_path / "m")
         xs = x[:, 0]
         torch.testing.assert_close(loaded.log_prob(xs, c), flow.log_prob(xs, c), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["maf", "realnvp"])
+def test_affine_scales_stay_bounded_however_large_the_network_outputs(kind):
+    """FEDHEX clamped its MAF log-scales with tanh; zuko's affine transform soft-bounds each
+    at ln(1000): with the networks' weights blown up 1e4 times, each transform still changes a
+    feature's log-density by at most ln(1000) (the shifts are not bounded, as in FEDHEX)."""
+    torch.manual_seed(0)
+    transforms = 3
+    flow = ConditionalFlow(2, 1, FlowConfig(kind=kind, hidden=[16], transforms=transforms))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.mul_(1e4)
+    x, c = torch.randn(500, 2), torch.randn(500, 1)
+    with torch.no_grad():
+        u, _ = flow._to_flow_space(x, c)
+        _, ladj = flow.flow(flow._context(c)).transform.call_and_ladj(u)
+    # Summed over 2 features and the transforms: within the bound, yet beyond one transform's.
+    assert ladj.abs().max().item() <= transforms * 2 * math.log(1000) * (1 + 1e-5)
+    assert ladj.abs().max().item() > math.log(1000)
