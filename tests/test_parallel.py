@@ -68,6 +68,24 @@ def test_dask_local_cluster_runs_tasks():
         assert ex.submit(operator.add, 2, 3).result() == 5
 
 
+def test_dask_executor_joins_a_running_scheduler_by_its_address():
+    """executor.scheduler: tasks go to a cluster someone else started (tcp://host:port)."""
+    distributed = pytest.importorskip("distributed", reason="dask extra not installed")
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        dashboard_address=None,
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://")
+        with executor(ExecutorConfig(kind="dask", scheduler=address)) as ex:
+            assert ex.submit(operator.mul, 6, 7).result() == 42
+        # The executor left the cluster running for its owner.
+        assert cluster.status.name == "running"
+
+
 def test_slurm_job_script_carries_the_config():
     pytest.importorskip("dask_jobqueue", reason="slurm extra not installed")
     cfg = SlurmConfig(
