@@ -47,6 +47,9 @@ def test_report_scores_every_populated_bin_for_all_three_methods(demo):
         assert all(0 < r[f"{method} σ_eff"] < 10 for r in rows)
         assert metrics["metrics"][f"sigma_eff_{method}"] > 0
     assert metrics["metrics"]["test_channels_without_deposit"] == 0
+    # The bins' channels, counted beside all test channels: the rest lie outside their span.
+    binned = metrics["metrics"]["test_channels_binned"]
+    assert sum(r["n"] for r in rows) <= binned < metrics["metrics"]["test_channels"]
     figures = {f["file"] for f in metrics["figures"]}
     assert {"response_0.png", "resolution_0.png", "dE_0.png", "timing.png"} <= figures
     # Bins listed as "not better" are exactly those where the DNN's resolution is not lower.

@@ -278,6 +278,16 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             for key, name in [("torch", "torch eager"), ("onnx", "onnxruntime (detlearn export)")]
         },
         "test_channels": n,
+        # Inside the bins' PU and pT span (channels softer than the first pT edge, or with
+        # more pileup than the last PU edge, are in no bin).
+        "test_channels_binned": int(
+            np.sum(
+                (data["PU"] >= pu_edges[0])
+                & (data["PU"] < pu_edges[-1])
+                & (data["pt"] >= pt_edges[0])
+                & (data["pt"] < pt_edges[-1])
+            )
+        ),
         # Left out of σ_eff of E/E_gen (only without the recipe's genE > 0.1 selection).
         "test_channels_without_deposit": int((~deposit).sum()),
         "parameters_keras_count": reg.model.keras_parameter_count(),
