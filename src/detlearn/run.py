@@ -552,7 +552,7 @@ class Surrogate:
                 ContextRangeWarning,
                 stacklevel=2,
             )
-        elif (hull := self._outside_hull(c, lo, hi)).any():
+        elif (hull := self._outside_hull(c)).any():
             warnings.warn(
                 f"{hull.mean():.1%} of contexts lie inside the training range of every column "
                 f"but outside the convex hull of the {len(self.info['context_labels'])} "
@@ -563,10 +563,10 @@ class Surrogate:
         return c
 
     @functools.cached_property
-    def _hull(self) -> Any:
+    def _hull(self) -> tuple[Any, np.ndarray, np.ndarray] | None:
         """A Delaunay triangulation of the training labels in units of their range (so that
-        no column's scale dominates the geometry), or None: a continuous context, or labels
-        that span no volume."""
+        no column's scale dominates the geometry), with that range's origin and scale; None
+        for a continuous context, or labels that span no volume."""
         from scipy.spatial import Delaunay, QhullError
 
         labels = self.info.get("context_labels")
@@ -574,16 +574,18 @@ class Surrogate:
             return None
         lo = np.array([k["min"] for k in self.info["context"]])
         hi = np.array([k["max"] for k in self.info["context"]])
+        scale = np.where(hi > lo, hi - lo, 1.0)
         try:
-            return Delaunay((np.asarray(labels) - lo) / np.where(hi > lo, hi - lo, 1.0))
+            return Delaunay((np.asarray(labels) - lo) / scale), lo, scale
         except QhullError:
             return None
 
-    def _outside_hull(self, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def _outside_hull(self, c: np.ndarray) -> np.ndarray:
         """Boolean [B]: the row lies outside the convex hull of the run's training labels."""
         if self._hull is None:
             return np.zeros(len(c), dtype=bool)
-        return self._hull.find_simplex((c - lo) / np.where(hi > lo, hi - lo, 1.0), tol=1e-9) < 0
+        hull, lo, scale = self._hull
+        return hull.find_simplex((c - lo) / scale, tol=1e-9) < 0
 
     def _tensor(self, c: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(c, dtype=torch.float32)

@@ -66,7 +66,7 @@ def bin_stats(e: np.ndarray, e_gen: np.ndarray, e_ref: float) -> dict[str, float
         e_gen: their generated energies [GeV].
         e_ref: the bin's energy scale, the pT bin centre [GeV].
     """
-    de = e - e_gen
+    de, deposit = e - e_gen, e_gen > 0
     lo, hi = np.quantile(de, _TRIM)
     kept = de[(de >= lo) & (de <= hi)]
     mu, sigma = float(kept.mean()), float(kept.std())
@@ -81,7 +81,7 @@ def bin_stats(e: np.ndarray, e_gen: np.ndarray, e_ref: float) -> dict[str, float
         "resolution": resolution,
         "resolution_err": resolution / np.sqrt(2 * len(kept)),
         # E/E_gen of channels with a true deposit (the recipe's selection keeps genE > 0.1).
-        "sigma_eff": sigma_eff(e[e_gen > 0] / e_gen[e_gen > 0]),
+        "sigma_eff": sigma_eff(e[deposit] / e_gen[deposit]),
     }
 
 

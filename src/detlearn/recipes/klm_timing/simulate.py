@@ -718,10 +718,6 @@ def _broadcast_float(*arrays: np.ndarray | float) -> list[np.ndarray]:
     return [a.ravel() for a in np.broadcast_arrays(*(np.asarray(x, np.float64) for x in arrays))]
 
 
-def _jagged(flat: np.ndarray, counts: np.ndarray) -> ak.Array:
-    return ak.unflatten(flat, counts)
-
-
 def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Path:
     """Write ``events`` as ddsim writes EDM4hep: tree ``events`` with MCParticles and hits.
 
@@ -755,7 +751,7 @@ def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Pat
         flat = np.empty(total, dtype=dtype)
         flat[primary_at] = primary
         flat[photon_at] = photon
-        return _jagged(flat, n_mc)
+        return ak.unflatten(flat, n_mc)
 
     e_gamma = cfg.photon_energy
     sin_alpha = np.sqrt(np.maximum(1 - events.photon_cos.astype(np.float64) ** 2, 0))
