@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from detlearn.config import deep_merge, validate_config
+from detlearn.families import train
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
 from detlearn.recipes.mass_grid import config_from_options, simulate
@@ -42,7 +43,7 @@ from detlearn.recipes.mass_grid.evaluate import (
     heldout_labels,
     train_rows_at,
 )
-from detlearn.run import Surrogate, train
+from detlearn.runs import Surrogate
 
 TARGET_RATE = 1e6  # pairs/s
 
@@ -84,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rate_only is not None:
         s = Surrogate.load(args.rate_only)
-        sim_cfg = config_from_options(s.info["config"]["simulate"])
+        sim_cfg = config_from_options(s.info.config.simulate)
         generation_rate(s, heldout_labels(s.info, sim_cfg)[0], 1_000_000)
         return
 

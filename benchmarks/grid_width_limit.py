@@ -53,6 +53,7 @@ from scipy.optimize import minimize
 
 from detlearn.config import SplitConfig
 from detlearn.data.holdout import checkerboard, holdout_mask
+from detlearn.evaluation.floors import floor_z, statistical_floor
 from detlearn.evaluation.metrics import width68
 from detlearn.recipes.mass_grid.density import (
     MassGridConfig,
@@ -62,7 +63,7 @@ from detlearn.recipes.mass_grid.density import (
     log_density,
     sample_reco,
 )
-from detlearn.recipes.mass_grid.evaluate import CONTEXT, OPTIONS, floor_z, statistical_floor
+from detlearn.recipes.mass_grid.evaluate import CONTEXT, OPTIONS
 
 
 def weighted_width68(x: np.ndarray, w: np.ndarray) -> float:

@@ -32,11 +32,12 @@ import onnxruntime as ort
 import torch
 
 from detlearn.config import RegressorConfig
-from detlearn.evaluation.latency import latency_curves, plot_latency
+from detlearn.evaluation.latency import latency_curves
 from detlearn.export import export_onnx, regressor_runtimes
 from detlearn.models.regressors import Regressor
+from detlearn.plots.latency import plot_latency
 from detlearn.recipes.hcal_energy import HcalSimConfig, generate_channels
-from detlearn.run import Regression
+from detlearn.runs import Regression
 
 TARGET_NS = 50.0
 BATCHES = [2**k for k in range(8, 17)]

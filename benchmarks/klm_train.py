@@ -9,7 +9,7 @@ recipe's config; train and validation splits as ``detlearn train`` uses them (ph
    layers of 64, unnormalized inputs, Adam (lr 1e-3, weight decay 1e-5), batch 100, for
    ``--minutes`` of wall-clock training. The validation NLL (nats per photon, Δt in ns) is
    evaluated every ``--every`` seconds of training (evaluation time is not counted).
-2. detlearn default: ``detlearn.run.train`` with the recipe's flow and training settings
+2. detlearn default: ``detlearn.families.train`` with the recipe's flow and training settings
    (count model off, only the time model is compared), ``--minutes`` budget; its history.csv
    holds the validation NLL after every epoch with the training time elapsed.
 
@@ -33,10 +33,10 @@ import torch
 import zuko
 
 from detlearn.config import deep_merge, validate_config
+from detlearn.families import train
 from detlearn.io.dataset import Dataset
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
-from detlearn.run import train
 
 CONTEXT, TARGET = ["z", "theta", "p"], "dt"
 
@@ -106,7 +106,7 @@ def main() -> None:
     })  # fmt: skip
     cfg = validate_config(raw)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-    recipe.function("simulate")(out / "sim", args.events, 0, cfg.simulate)
+    recipe.simulate(out / "sim", args.events, 0, cfg.simulate)
     prepare(cfg, out / "dataset", progress=False)
     train_xc, val_xc = load_split(out / "dataset", "train"), load_split(out / "dataset", "val")
     print(f"{len(train_xc[0]):,} training and {len(val_xc[0]):,} validation photons")

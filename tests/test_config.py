@@ -7,12 +7,11 @@ from detlearn.cli import app
 from detlearn.config import (
     RunConfig,
     dump_commented_yaml,
-    load_config,
     merge_options,
     validate_config,
 )
 from detlearn.errors import DetlearnError
-from detlearn.recipes import RECIPES, get_recipe
+from detlearn.recipes import RECIPES, get_recipe, load_config
 
 
 def test_misspelled_key_names_key_and_nearest_spelling():
@@ -109,7 +108,7 @@ def test_cli_config_show_prints_commented_defaults(runner, recipe):
     assert f"recipe: {recipe}" in result.output
     assert "batch_size:" in result.output and "#" in result.output
     # The simulator's options too, each with its default and a comment; the text reads back.
-    options = get_recipe(recipe).module.SIMULATE_OPTIONS
+    options = get_recipe(recipe).simulate_options
     shown = yaml.safe_load(result.output)["simulate"]
     defaults = options.model_validate(get_recipe(recipe).default_config().get("simulate") or {})
     assert options.model_validate(shown) == defaults and set(shown) == set(options.model_fields)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detlearn.config import load_config
+from detlearn.recipes import load_config
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
 

@@ -17,11 +17,11 @@ import xxhash
 from conftest import flat_config, write_flat
 
 from detlearn.cli import app
-from detlearn.config import load_config
-from detlearn.data.splits import group_hash
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import GROUP_COLUMN, Dataset
+from detlearn.io.splits import group_hash
 from detlearn.prepare import prepare
+from detlearn.recipes import load_config
 
 
 def _tables(root):
@@ -159,7 +159,7 @@ def test_script_without_a_main_guard_is_told_why_the_workers_died(tmp_path):
     files = [str(write_flat(tmp_path / f"f{i}.root", n=500, seed=i)) for i in range(2)]
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from detlearn.config import load_config\n"
+        "from detlearn.recipes import load_config\n"
         "from detlearn.prepare import prepare\n"
         f"cfg = load_config({str(flat_config(tmp_path, files))!r}, "
         "{'executor': {'workers': 2}})\n"

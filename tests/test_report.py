@@ -12,14 +12,14 @@ import pytest
 
 from detlearn.errors import DetlearnError
 from detlearn.evaluation.metrics import Score, to_jsonable
-from detlearn.report import (
+from detlearn.plots import (
     plot_binned_overlays,
     plot_hist_compare,
     plot_loss,
     plot_metric_vs_bin,
     plot_pit,
-    write_report,
 )
+from detlearn.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}

@@ -13,9 +13,9 @@ from conftest import write_tree
 from detlearn.cli import app
 from detlearn.config import validate_config
 from detlearn.errors import DetlearnError
-from detlearn.export import export_run
+from detlearn.families import export_run, train
 from detlearn.prepare import prepare
-from detlearn.run import ContextRangeWarning, DatasetConfigWarning, Surrogate, train
+from detlearn.runs import ContextRangeWarning, DatasetConfigWarning, Surrogate
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_cli_sample_bad_context(trained, runner):
 
 def test_regressor_trains_from_a_flat_ntuple_config_only(tmp_path):
     """No recipe: a branch list (role context), a target, model.family regressor."""
-    from detlearn.run import Regression
+    from detlearn.runs import Regression
 
     rng = np.random.default_rng(3)
     n = 8000
@@ -215,7 +215,7 @@ def test_training_is_reproducible_within_one_process(tmp_path):
     """Initial weights come from training.seed, not from torch's global generator state."""
     import torch
 
-    from detlearn.run import Regression
+    from detlearn.runs import Regression
 
     rng = np.random.default_rng(4)
     a = rng.uniform(0, 1, 2000)
@@ -243,15 +243,15 @@ def test_training_is_reproducible_within_one_process(tmp_path):
 
 def test_the_runs_split_fractions_decide_not_the_prepared_ones(trained):
     """Splits are cut on loading: a run's ``split`` applies to a dataset prepared with others."""
+    from detlearn.data.selection import training_splits
     from detlearn.io.dataset import Dataset
-    from detlearn.run import _training_splits
 
     ds = Dataset.open(trained / "ds")
     info = json.loads((trained / "run" / "run.json").read_text())
     for train_fraction in (0.8, 0.5):
         split = {"train": train_fraction, "val": 1 - train_fraction, "test": 0.0}
         cfg = validate_config({**info["config"], "split": split})
-        parts, _ = _training_splits(cfg, ds, ["c", "_group"], ["c"])
+        parts, _ = training_splits(cfg, ds, ["c", "_group"], ["c"])
         rows = {name: len(part["c"]) for name, part in parts.items()}
         assert rows["train"] + rows["val"] == ds.rows  # nothing left for test
         sigma = np.sqrt(train_fraction * (1 - train_fraction) / ds.rows)
@@ -261,30 +261,30 @@ def test_the_runs_split_fractions_decide_not_the_prepared_ones(trained):
 
 
 def test_balance_weighs_every_label_alike_and_keeps_row_weights():
-    from detlearn.run import _flow_tensors
+    from detlearn.data.tensors import flow_tensors
 
     label = np.repeat([0.0, 1.0, 2.0], [900, 90, 10])
     part = {"c": label, "t": np.ones(1000), "w": np.where(np.arange(1000) % 2, 2.0, 0.0)}
-    _, c, w = _flow_tensors(part, ["c"], ["t"], [], ["c"])
+    _, c, w = flow_tensors(part, ["c"], ["t"], [], ["c"])
     totals = [float(w[c[:, 0] == v].sum()) for v in (0, 1, 2)]
     np.testing.assert_allclose(totals, [1000 / 3] * 3, rtol=1e-6)  # equal shares, mean weight 1
     # With a weight column: rows of weight 0 are dropped, the others keep their factor 2.
-    _, c, w = _flow_tensors(part, ["c"], ["t"], ["w"], ["c"])
+    _, c, w = flow_tensors(part, ["c"], ["t"], ["w"], ["c"])
     assert len(w) == 500
     totals = [float(w[c[:, 0] == v].sum()) for v in (0, 1, 2)]
     np.testing.assert_allclose(totals, [1000 / 3] * 3, rtol=1e-6)
 
 
 def test_tempered_balance_weighs_labels_by_the_root_of_their_rows():
-    from detlearn.run import _flow_tensors
+    from detlearn.data.tensors import flow_tensors
 
     label = np.repeat([0.0, 1.0, 2.0], [900, 100, 25])
     part = {"c": label, "t": np.ones(len(label))}
-    _, c, w = _flow_tensors(part, ["c"], ["t"], [], ["c"], 0.5)
+    _, c, w = flow_tensors(part, ["c"], ["t"], [], ["c"], 0.5)
     totals = np.array([float(w[c[:, 0] == v].sum()) for v in (0, 1, 2)])
     np.testing.assert_allclose(totals / totals[2], [6.0, 2.0, 1.0], rtol=1e-6)  # √(n / 25)
     assert float(w.mean()) == pytest.approx(1.0)
-    _, _, w = _flow_tensors(part, ["c"], ["t"], [], ["c"], 0.0)
+    _, _, w = flow_tensors(part, ["c"], ["t"], [], ["c"], 0.0)
     np.testing.assert_allclose(w.numpy(), 1.0, rtol=1e-6)  # power 0: plain rows
 
 

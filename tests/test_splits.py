@@ -5,8 +5,8 @@ import zlib
 import numpy as np
 import pytest
 
-from detlearn.data.splits import group_hash, split_index, split_mask
 from detlearn.errors import DetlearnError
+from detlearn.io.splits import group_hash, split_index, split_mask
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 0}
 MASK64 = (1 << 64) - 1

@@ -6,6 +6,7 @@ Every user error is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -16,7 +17,15 @@ import typer
 import yaml
 from rich.console import Console
 
+from detlearn.config import deep_merge, dump_commented_yaml, validate_config
 from detlearn.errors import DetlearnError, DetlearnWarning
+from detlearn.families import export_run
+from detlearn.families import train as run_train
+from detlearn.pipeline import evaluate as run_evaluate
+from detlearn.pipeline import run_recipe
+from detlearn.prepare import prepare as run_prepare
+from detlearn.recipes import RECIPES, get_recipe, load_config
+from detlearn.runs.surrogate import Surrogate, write_samples
 
 __all__ = ["app", "main"]
 
@@ -90,16 +99,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 @_user_errors
 def config_show(recipe: Annotated[str, typer.Argument(help="recipe name")]) -> None:
     """Print a recipe's full default config, with a comment on every key."""
-    from detlearn.config import deep_merge, dump_commented_yaml, validate_config
-    from detlearn.recipes import get_recipe
-
     found = get_recipe(recipe)
     cfg = validate_config(
         deep_merge({"recipe": recipe}, found.default_config()), f"recipe {recipe}"
     )
     # The simulator's options, every one with its default and meaning.
-    options = getattr(found.module, "SIMULATE_OPTIONS", None)
-    expand = {"simulate": options.model_validate(cfg.simulate)} if options else None
+    expand = {"simulate": found.simulate_options.model_validate(cfg.simulate)}
     print(dump_commented_yaml(cfg, expand=expand))
 
 
@@ -107,8 +112,6 @@ def config_show(recipe: Annotated[str, typer.Argument(help="recipe name")]) -> N
 @_user_errors
 def recipes() -> None:
     """List the built-in recipes."""
-    from detlearn.recipes import RECIPES
-
     for recipe in RECIPES.values():
         out.print(f"[bold]{recipe.name}[/]  {recipe.summary}")
 
@@ -123,12 +126,10 @@ def simulate(
     set_: SetOption = None,
 ) -> None:
     """Write ROOT files from a recipe's built-in simulator."""
-    from detlearn.recipes import get_recipe
-
     rec = get_recipe(recipe)
     options = rec.default_config().get("simulate", {})
     options.update(parse_overrides(set_))
-    files = rec.function("simulate")(out_dir, events, seed, options)
+    files = rec.simulate(out_dir, events, seed, options)
     out.print(f"wrote {len(files)} file(s) to {out_dir}")
 
 
@@ -145,9 +146,6 @@ def prepare(
     set_: SetOption = None,
 ) -> None:
     """Read ROOT files into a dataset folder (parquet shards + manifest.json)."""
-    from detlearn.config import load_config
-    from detlearn.prepare import prepare as run_prepare
-
     overrides = parse_overrides(set_)
     ex = overrides.setdefault("executor", {})
     for key, value in (("workers", workers), ("kind", executor), ("scheduler", scheduler)):
@@ -178,9 +176,6 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the config's model on a prepared dataset; writes a run folder."""
-    from detlearn.config import load_config
-    from detlearn.run import train as run_train
-
     cfg = load_config(config, parse_overrides(set_))
     run_dir = run_train(cfg, data, out_dir, resume=resume, progress=not quiet)
     out.print(f"trained run in {run_dir}")
@@ -220,8 +215,6 @@ def sample(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Draw samples from a trained surrogate at given contexts; writes parquet."""
-    from detlearn.run import Surrogate, write_samples
-
     surrogate = Surrogate.load(run)
     contexts = parse_context(context)
     write_samples(surrogate, contexts, n, output, seed=seed)
@@ -234,22 +227,15 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="report folder")] = None,
 ) -> None:
-    """Validate a run against its recipe's simulator; writes report.html + metrics.json."""
-    from detlearn.recipes import get_recipe
-    from detlearn.run import read_run_info
-
-    recipe = read_run_info(run).get("recipe")
-    if not recipe:
-        raise DetlearnError(f"{run}: run has no recipe, so there is no simulator to compare with")
-    report = get_recipe(recipe).function("evaluate")(run, out_dir or run / "report")
+    """Validate a run on its own test split, and against its recipe's simulator; writes
+    report.html + metrics.json."""
+    report = run_evaluate(run, out_dir)
     _print_checks(report)
     out.print(f"report: {report}")
 
 
 def _print_checks(report: Path) -> None:
     """One line per quality target of a report: pass/FAIL, the value and the target."""
-    import json
-
     metrics = json.loads((report.parent / "metrics.json").read_text())
     for name, check in metrics.get("checks", {}).items():
         mark = "[green]pass[/]" if check["pass"] else "[red]FAIL[/]"
@@ -265,8 +251,6 @@ def export_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="export folder")] = None,
 ) -> None:
     """Export a run to ONNX with a JSON sidecar, checked against onnxruntime."""
-    from detlearn.export import export_run
-
     sidecar = export_run(run, out_dir)
     out.print(
         f"exported {sidecar['model']} (opset {sidecar['opset']}), onnxruntime parity "
@@ -284,15 +268,9 @@ def demo(
     set_: SetOption = None,
 ) -> None:
     """Simulate, prepare, train, evaluate and export a recipe on built-in data."""
-    from detlearn.config import deep_merge
-    from detlearn.pipeline import run_recipe
-    from detlearn.recipes import get_recipe
-
     rec = get_recipe(recipe)
-    n = events if events is not None else getattr(rec.module, "DEMO_EVENTS", None)
-    if not n:
-        raise DetlearnError(f"recipe '{recipe}' has no demo size; pass --events")
-    overrides = deep_merge(getattr(rec.module, "DEMO_OVERRIDES", {}), parse_overrides(set_))
+    n = events if events is not None else rec.demo_events
+    overrides = deep_merge(dict(rec.demo_overrides), parse_overrides(set_))
     result = run_recipe(recipe, out_dir, int(n), seed, overrides, console=out)
     _print_checks(result["report"])
     out.print(f"report: {result['report']}   total {result['timings']['total'] / 60:.1f} min")

@@ -46,12 +46,13 @@ __all__ = [
     "SlurmConfig",
     "SplitConfig",
     "TrainingConfig",
+    "config_from_raw",
     "config_hash",
     "data_hash",
     "deep_merge",
     "dump_commented_yaml",
-    "load_config",
     "merge_options",
+    "read_raw_config",
     "read_yaml",
     "validate_config",
     "validate_options",
@@ -61,7 +62,9 @@ Role = Literal["context", "target", "label", "weight", "observer", "group"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and inf are never a meaningful size, rate or bound (an lr of inf trained to NaN and
+    # was published as a model).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ColumnSpec(_Strict):
@@ -287,10 +290,12 @@ class TrainingConfig(_Strict):
         description="make at least this many optimizer steps: where max_epochs of the training "
         "rows fall short (a small data set), max_epochs and patience grow by the same factor",
     )
-    max_minutes: float | None = Field(None, description="wall-clock limit of training, minutes")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock limit of training, minutes"
+    )
     patience: int = Field(5, ge=1, description="early stopping: epochs without val improvement")
     schedule: Literal["cosine", "none"] = Field("cosine", description="LR schedule")
-    max_rows: int | None = Field(None, description="use at most this many training rows")
+    max_rows: int | None = Field(None, gt=0, description="use at most this many training rows")
     balance: list[str] = Field(
         default_factory=list,
         description="context columns whose distinct value combinations (grid labels) weigh "
@@ -468,24 +473,27 @@ def read_yaml(path: Path) -> Any:
         raise DetlearnError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config, merged over its recipe's defaults.
-
-    Relative input paths are resolved against the config file's folder.
-    """
+def read_raw_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML run config in ``path`` as a mapping, with ``overrides`` merged over it."""
     path = Path(path)
     if not path.is_file():
         raise DetlearnError(f"{path}: config file not found")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise DetlearnError(f"{path}: a config must be a mapping of sections")
-    if overrides:
-        raw = deep_merge(raw, overrides)
-    recipe = raw.get("recipe")
-    if recipe:
-        from detlearn.recipes import get_recipe
+    return deep_merge(raw, overrides) if overrides else raw
 
-        raw = deep_merge(get_recipe(recipe).default_config(), raw)
+
+def config_from_raw(
+    raw: dict[str, Any], path: str | Path, defaults: dict[str, Any] | None = None
+) -> RunConfig:
+    """Validate ``raw`` (read from ``path``) merged over ``defaults`` (a recipe's config).
+
+    Relative input paths are resolved against the config file's folder.
+    """
+    path = Path(path)
+    if defaults:
+        raw = deep_merge(defaults, raw)
     inputs = raw.get("data", {}).get("inputs", [])
     raw.setdefault("data", {})["inputs"] = [
         s if Path(s.split(":")[0]).is_absolute() or "://" in s else str(path.parent / s)

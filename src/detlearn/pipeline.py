@@ -1,14 +1,17 @@
-"""The whole path for a recipe in one call: simulate -> prepare -> train -> evaluate -> export.
+"""The whole path: ``evaluate`` any run, and a recipe end to end on its built-in simulator.
 
-This is what ``make demo`` runs (``detlearn demo``). Every step is the public function a user
-would call by hand; the output folder holds each step's result::
+:func:`evaluate` scores a run with its family's generic metrics on the held-out test split of
+its own data and then, when the run's dataset was written by its recipe's built-in simulator,
+with the recipe's suite against that simulator's exact truth. :func:`run_recipe` is what
+``make demo`` runs (``detlearn demo``): simulate -> prepare -> train -> evaluate -> export,
+each the public function a user would call by hand. Its output folder::
 
     run.yaml    the config used (recipe defaults + overrides + the simulated inputs)
     sim/        ROOT files from the recipe's simulator
     dataset/    prepared parquet shards + manifest.json
     run/        the trained run (safetensors weights, history, loss plot)
     report/     report.html + metrics.json + figures/
-    run/export/ ONNX sampler + JSON sidecar
+    run/export/ ONNX files + JSON sidecar
 """
 
 from __future__ import annotations
@@ -21,11 +24,32 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from detlearn.config import deep_merge, load_config, read_yaml
+from detlearn._files import atomic_write_bytes
+from detlearn.config import deep_merge, read_yaml
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_write_bytes
+from detlearn.families import export_run, get_family, train
+from detlearn.prepare import prepare
+from detlearn.recipes import get_recipe, load_config
+from detlearn.report import write_report
+from detlearn.runs.artifact import read_run_info
 
-__all__ = ["run_recipe"]
+__all__ = ["evaluate", "run_recipe"]
+
+
+def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """Validate a run; writes ``report.html`` + ``metrics.json`` into ``out_dir`` (default
+    ``run_dir/report``) and returns the report's path.
+
+    The family's generic metrics always run (the run's own test split); the recipe's suite
+    follows for a run trained for a recipe, its generic section placed after the recipe's own.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    info = read_run_info(run_dir)
+    generic = get_family(info.family).evaluate(run_dir, out_dir, seed)
+    if info.recipe:
+        return get_recipe(info.recipe).evaluate(run_dir, out_dir, [generic], seed)
+    return write_report(out_dir, f"{info.family} run {run_dir.name}", {}, sections=[generic])
 
 
 def run_recipe(
@@ -37,11 +61,6 @@ def run_recipe(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run a recipe end to end on its built-in simulator; returns the timings and paths."""
-    from detlearn.export import export_run
-    from detlearn.prepare import prepare
-    from detlearn.recipes import get_recipe
-    from detlearn.run import train
-
     console = console or Console()
     rec = get_recipe(recipe)
     out = Path(out)
@@ -68,11 +87,11 @@ def run_recipe(
         console.print(f"{name}: {timings[name]:.1f} s")
         return result
 
-    step("simulate", lambda: rec.function("simulate")(out / "sim", events, seed, cfg.simulate))
+    step("simulate", lambda: rec.simulate(out / "sim", events, seed, cfg.simulate))
     summary = step("prepare", lambda: prepare(cfg, out / "dataset"))
     console.print(f"{summary.rows:,} rows from {summary.files} files")
     step("train", lambda: train(cfg, out / "dataset", out / "run"))
-    report = step("evaluate", lambda: rec.function("evaluate")(out / "run", out / "report"))
+    report = step("evaluate", lambda: evaluate(out / "run", out / "report"))
     sidecar = step("export", lambda: export_run(out / "run"))
     timings["total"] = sum(timings.values())
     return {"report": report, "export": sidecar, "timings": timings}

@@ -5,7 +5,7 @@ shard that is complete and intact for the same config and source file, and redoe
 so an interrupted preparation finishes where it stopped and gives the same dataset.
 
 Example:
-    >>> from detlearn.config import load_config                         # doctest: +SKIP
+    >>> from detlearn.recipes import load_config                        # doctest: +SKIP
     >>> summary = prepare(load_config("run.yaml"), "dataset/")          # doctest: +SKIP
     >>> summary.rows, summary.failed                                    # doctest: +SKIP
 """
@@ -26,17 +26,15 @@ import awkward as ak
 import numpy as np
 
 from detlearn import __version__
+from detlearn._files import atomic_write_json
+from detlearn._progress import progress as show_progress
 from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import (
-    MANIFEST,
-    atomic_write_json,
-    read_shard_record,
-    write_shard,
-)
+from detlearn.io.dataset import MANIFEST, read_shard_record, write_shard
 from detlearn.io.expressions import ColumnSet
 from detlearn.io.sources import Chunk, WorkItem, plan_work_items, resolve_sources
 from detlearn.parallel import executor, prestart
+from detlearn.recipes import get_recipe
 
 __all__ = ["PrepareSummary", "expression_extractor", "prepare", "process_item", "resolve_extractor"]
 
@@ -113,9 +111,13 @@ def resolve_extractor(name: str | None) -> Extractor:
             return getattr(importlib.import_module(module), func)
         except (ImportError, AttributeError):
             raise DetlearnError(f"data.extractor: cannot import '{name}'") from None
-    from detlearn.recipes import get_recipe
-
-    return get_recipe(name).function("extract")
+    extract = get_recipe(name).extract
+    if extract is None:
+        raise DetlearnError(
+            f"data.extractor: recipe '{name}' has no extractor (its config's branch expressions "
+            "read its files: leave data.extractor unset)"
+        )
+    return extract
 
 
 def _drop_nonfinite(
@@ -141,10 +143,12 @@ def _drop_nonfinite(
     return values, counts
 
 
-def process_item(item: WorkItem, data: DataConfig, shard: Path, chash: str) -> dict[str, Any]:
-    """Extract one work item and write its shard; returns the shard record."""
+def process_item(
+    item: WorkItem, data: DataConfig, extract: Extractor, shard: Path, chash: str
+) -> dict[str, Any]:
+    """Extract one work item with ``extract`` and write its shard; returns the shard record."""
     chunk = Chunk(item)
-    values = resolve_extractor(data.extractor)(chunk, data)
+    values = extract(chunk, data)
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:
         sizes = {k: len(v) for k, v in values.items()}
@@ -201,6 +205,7 @@ def prepare(
     data = cfg.data
     t0 = time.perf_counter()
     chash = data_hash(data)
+    extract = resolve_extractor(data.extractor)
     prestart(cfg.executor, preload=[__name__])
     sources, failed = resolve_sources(data.inputs, data.tree, data.on_error)
     items = plan_work_items(sources, data.step_size)
@@ -225,11 +230,13 @@ def prepare(
 
     bad_sources: set[str] = set()
     with (
-        _progress(progress, len(items), skipped) as advance,
+        show_progress(len(items), "preparing", progress, skipped) as advance,
         executor(cfg.executor, preload=[__name__]) as pool,
     ):
         futures: dict[Future, WorkItem] = {
-            pool.submit(process_item, item, data, shard_dir / f"{item.key}.parquet", chash): item
+            pool.submit(
+                process_item, item, data, extract, shard_dir / f"{item.key}.parquet", chash
+            ): item
             for item in todo
         }
         pending = set(futures)
@@ -298,30 +305,3 @@ def _reason(err: BaseException) -> str:
         )
     text = str(err).splitlines()[0] if str(err) else ""
     return text if isinstance(err, DetlearnError) else f"{type(err).__name__}: {text}"
-
-
-class _progress:
-    """A rich progress bar over work items (a no-op when ``enabled`` is False)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled, self.total, self.done = enabled, total, done
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task("preparing", total=self.total, completed=self.done)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)

@@ -48,10 +48,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
+from detlearn._files import atomic_path
+from detlearn._progress import interactive, plain_line
 from detlearn.config import TrainingConfig
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_path
 from detlearn.models import WEIGHTS_FILE, save_model
+from detlearn.plots.loss import plot_loss
 
 __all__ = ["DensityModule", "FitResult", "fit", "last_checkpoint", "lr_factor", "stretched"]
 
@@ -252,6 +254,27 @@ def _step_threads(model: torch.nn.Module, batch_size: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class _EpochLines(Callback):
+    """One plain progress line per epoch, for logs where a progress bar would be noise."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.start = name, time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        values = "  ".join(
+            f"{key} {float(metrics[key]):.5g}"
+            for key in ("train_loss", "val_loss")
+            if key in metrics
+        )
+        plain_line(
+            f"{self.name}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  "
+            f"{time.perf_counter() - self.start:.0f} s"
+        )
+
+
 def stretched(cfg: TrainingConfig, rows: int, world: int = 1) -> TrainingConfig:
     """``cfg`` with ``max_epochs`` and ``patience`` grown by one factor so that the run makes at
     least ``cfg.min_steps`` optimizer steps over ``rows`` training rows (``world`` processes
@@ -378,8 +401,11 @@ def fit(
             EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience),
             checkpoint,
         ]
-        if progress:
+        bar = progress and interactive()
+        if bar:
             callbacks.append(RichProgressBar())
+        elif progress:
+            callbacks.append(_EpochLines(run_dir.name))
         devices, nodes = _distributed()
         cuda = _uses_cuda(cfg.accelerator)
         trainer = L.Trainer(
@@ -398,7 +424,7 @@ def fit(
             callbacks=callbacks,
             logger=CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=1),
             log_every_n_steps=1,
-            enable_progress_bar=progress,
+            enable_progress_bar=bar,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             # Deterministic CUDA kernels need CUBLAS_WORKSPACE_CONFIG and cost speed; CPU
@@ -417,15 +443,26 @@ def fit(
     wall = time.perf_counter() - started
 
     best = checkpoint.best_model_path
-    if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     best_loss = checkpoint.best_model_score
+    if not best:
+        raise DetlearnError(
+            f"{run_dir}: training stopped before its first epoch ended (training.max_minutes "
+            f"{cfg.max_minutes}); nothing was learned, so no model is saved"
+        )
+    if best_loss is None or not math.isfinite(float(best_loss)):
+        raise DetlearnError(
+            f"{run_dir}: training diverged (validation loss {best_loss} from the first epoch "
+            f"on); no model is saved: lower training.lr (now {cfg.lr:g})"
+        )
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
+        raise DetlearnError(f"{run_dir}: the best weights hold NaN or inf; no model is saved")
     history = run_dir / "history.csv"
     if trainer.is_global_zero:
         save_model(model, run_dir)
-        rows = _write_history(log_dir, history)
-        _plot_losses(rows, run_dir / "loss.png", getattr(model, "loss_label", _NLL_LABEL))
+        if _write_history(log_dir, history):
+            plot_loss(history, run_dir / "loss.png", getattr(model, "loss_label", _NLL_LABEL))
     trainer.strategy.barrier("detlearn-artifacts")
     return FitResult(
         best_val_loss=float(best_loss) if best_loss is not None else math.nan,
@@ -476,18 +513,3 @@ def _write_history(log_dir: Path, path: Path) -> list[dict[str, float]]:
         writer.writeheader()
         writer.writerows(rows)
     return rows
-
-
-def _plot_losses(rows: list[dict[str, float]], path: Path, label: str) -> None:
-    """Train and validation loss per epoch (Figure directly: no pyplot, no GUI backend)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.add_subplot()
-    epochs = [r["epoch"] for r in rows]
-    ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", label="train")
-    ax.plot(epochs, [r["val_loss"] for r in rows], marker=".", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label)
-    ax.legend()
-    fig.savefig(path, dpi=120)

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
-from detlearn.models import ConditionalFlow, export_sampler_onnx, load_model, save_model
-from detlearn.models.flows import _CHUNK, _BinarySearchRQS, _MaskedPass
+from detlearn.export import export_sampler_onnx
+from detlearn.models import ConditionalFlow, load_model, save_model
+from detlearn.models.flows.sampling import BLOCK, BinarySearchRQS, MaskedPass
 
 KINDS = ["nsf", "maf", "realnvp"]
 # name -> (lower, upper)
@@ -37,7 +38,7 @@ def make_flow(kind: str, supports: list[str], seed: int = 0, **cfg: object) -> C
     flow = ConditionalFlow(len(supports), CONTEXT, config, lower, upper)
     y = 1.5 * torch.randn(500, len(supports)) + 0.5
     c = 2.0 * torch.randn(500, CONTEXT) + 1.0
-    flow.fit_normalization(flow._unsupport(y, c), c)
+    flow.fit_normalization(flow.support.inverse(y, c), c)
     return flow
 
 
@@ -122,7 +123,7 @@ def test_sample_inverse_round_trip(kind, supports):
 def test_support_and_standardization_logdet_matches_autograd():
     flow = make_flow("nsf", MIXED).double()
     c = torch.randn(50, CONTEXT, dtype=torch.float64)
-    x = flow._unsupport(torch.randn(50, 4, dtype=torch.float64), c).requires_grad_()
+    x = flow.support.inverse(torch.randn(50, 4, dtype=torch.float64), c).requires_grad_()
     u, ladj = flow._to_flow_space(x, c)
     jac = torch.stack(
         [torch.autograd.grad(u[:, j].sum(), x, retain_graph=True)[0] for j in range(4)], dim=1
@@ -273,7 +274,7 @@ def test_spline_inverse_matches_zuko_inside_and_outside_its_domain(shared):
     torch.manual_seed(0)
     lead = (5, 2, 1) if shared else (300, 2)
     params = [2 * torch.randn(*lead, 6), 2 * torch.randn(*lead, 6), torch.randn(*lead, 5)]
-    ours = _BinarySearchRQS(*params)
+    ours = BinarySearchRQS(*params)
     ref = zuko.transforms.MonotonicRQSTransform(*params)
     y = 3 * torch.randn(5, 2, 400) if shared else 3 * torch.randn(300, 2)
     edges = torch.tensor([-30.0, -5.0, -4.9999, 0.0, 4.9999, 5.0, 30.0])
@@ -285,10 +286,10 @@ def test_spline_inverse_matches_zuko_inside_and_outside_its_domain(shared):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("supports", [["lower"], MIXED[:2], MIXED[:3]])
-@pytest.mark.parametrize(("rows", "n"), [(7, 300), (1, _CHUNK + 5)])
+@pytest.mark.parametrize(("rows", "n"), [(7, 300), (1, BLOCK + 5)])
 def test_sample_is_the_inverse_flow_of_its_own_noise(kind, supports, rows, n):
     # sample() takes shortcuts (context-only units once per row, blocks of samples, the
-    # two-feature conditioner tabulated when one row has >= _CHUNK samples); it must still be
+    # two-feature conditioner tabulated when one row has >= BLOCK samples); it must still be
     # the flow's inverse of the noise it draws, with the context repeated per sample.
     flow = make_flow(kind, supports)
     f = len(supports)
@@ -304,7 +305,7 @@ def test_tabulated_conditioner_is_the_relu_network_everywhere():
     torch.manual_seed(2)
     flow = ConditionalFlow(2, CONTEXT, FlowConfig(kind="nsf", hidden=[64, 64], passes=2))
     t = flow.flow.transform.transforms[0]
-    second = _MaskedPass(t, torch.randn(1, CONTEXT), 1, _CHUNK)
+    second = MaskedPass(t, torch.randn(1, CONTEXT), 1, BLOCK)
     assert second.pieces is not None
     kinks = second.pieces[0]
     x = torch.cat([torch.linspace(-50, 50, 20_001), kinks, kinks + 1e-4, kinks - 1e-4])
@@ -347,7 +348,7 @@ def test_nsf_samples_beyond_the_training_range_need_base_noise_beyond_5():
 def test_compiled_spline_kernels_match_zuko_in_float64():
     # The numba kernels sampling runs on CPU: one spline per value (two features per row) and
     # its piecewise-affine-conditioner form, against zuko evaluated in float64.
-    from detlearn.models import _spline_kernels as kernels
+    from detlearn.models.flows import _kernels as kernels
 
     gen = torch.Generator().manual_seed(0)
     n, bins = 4000, 8
@@ -413,7 +414,7 @@ def make_relative_flow(kind: str, **cfg: object) -> tuple[ConditionalFlow, torch
     )
     flow = ConditionalFlow(4, CONTEXT, config, lower, upper)
     c = torch.exp(1.5 * torch.randn(500, CONTEXT))
-    flow.fit_normalization(flow._unsupport(1.5 * torch.randn(500, 4) + 0.5, c), c)
+    flow.fit_normalization(flow.support.inverse(1.5 * torch.randn(500, 4) + 0.5, c), c)
     return flow, c
 
 
@@ -421,13 +422,13 @@ def test_relative_target_is_modelled_in_units_of_its_context_column():
     flow, _ = make_relative_flow("nsf")
     x = torch.tensor([[0.3, 2.5, -3.0, 1.0]], dtype=torch.float64)
     c = torch.tensor([[2.0, 4.0]], dtype=torch.float64)
-    y, ladj = flow.double()._support(x, c)
+    y, ladj = flow.double().support.forward(x, c)
     # x0 / c0; log((x1 - 1.5) / c1); -log((-2 - x2) / c0); the two-sided logit is scale-free.
     expected = [0.15, math.log(1.0 / 4.0), -math.log(1.0 / 2.0), math.log(2.0 / 2.0)]
     torch.testing.assert_close(y[0], torch.tensor(expected, dtype=torch.float64))
     plain = ConditionalFlow(4, CONTEXT, FlowConfig(), flow.lower, flow.upper).double()
     # Only the unbounded target's Jacobian changes (1 / c0); the log maps keep theirs.
-    torch.testing.assert_close(ladj, plain._support(x, c)[1] - math.log(2.0))
+    torch.testing.assert_close(ladj, plain.support.forward(x, c)[1] - math.log(2.0))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -447,7 +448,7 @@ def test_relative_targets_round_trip_logdet_support_onnx_and_reload(kind, tmp_pa
     torch.testing.assert_close(drawn, ref.view(3, 100, 4), atol=1e-5, rtol=1e-4)
 
     f64 = make_relative_flow(kind)[0].double()
-    xd = f64._unsupport(torch.randn(40, 4, dtype=torch.float64), c[:40].double())
+    xd = f64.support.inverse(torch.randn(40, 4, dtype=torch.float64), c[:40].double())
     xd.requires_grad_()
     u, ladj = f64._to_flow_space(xd, c[:40].double())
     jac = torch.stack(
@@ -566,7 +567,7 @@ def test_context_of_keeps_a_targets_conditioner_off_the_other_context_columns(ki
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("rows", "n"), [(7, 300), (1, _CHUNK + 5)])
+@pytest.mark.parametrize(("rows", "n"), [(7, 300), (1, BLOCK + 5)])
 def test_context_of_flow_samples_its_own_inverse_exports_and_reloads(kind, rows, n, tmp_path):
     flow = make_flow(kind, ["lower", "none"], context_of={"x1": ["c1"]})
     c = 2.0 * torch.randn(rows, CONTEXT)

@@ -12,9 +12,10 @@ from scipy import stats
 
 from detlearn.cli import app
 from detlearn.errors import DetlearnError
+from detlearn.evaluation.regression import bin_stats, sigma_eff
 from detlearn.pipeline import run_recipe
-from detlearn.recipes.hcal_energy.evaluate import TARGETS, bin_stats, sigma_eff
-from detlearn.run import Regression, Surrogate
+from detlearn.recipes.hcal_energy.evaluate import TARGETS
+from detlearn.runs import Regression, Surrogate
 
 SMALL = {
     "training": {"max_epochs": 4, "batch_size": 256},

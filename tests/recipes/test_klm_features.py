@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from detlearn.cli import app
-from detlearn.config import load_config
 from detlearn.io.dataset import Dataset
 from detlearn.prepare import prepare
+from detlearn.recipes import load_config
 from detlearn.recipes.klm_timing.features import primary_context
 from detlearn.recipes.klm_timing.simulate import KLMSimConfig, simulate_events, write_edm4hep
 

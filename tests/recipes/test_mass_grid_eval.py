@@ -8,16 +8,18 @@ import warnings
 import numpy as np
 import pytest
 
-import detlearn.training
+import detlearn.runs.surrogate
 from detlearn.config import deep_merge, validate_config
 from detlearn.data.holdout import checkerboard, holdout_mask
+from detlearn.data.selection import SparseLabelWarning
 from detlearn.errors import DetlearnError
+from detlearn.families import train
 from detlearn.io.dataset import Dataset
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
 from detlearn.recipes.mass_grid import MassGridConfig, evaluate, grid_points, simulate
 from detlearn.recipes.mass_grid.evaluate import compare_at_label
-from detlearn.run import ContextRangeWarning, SparseLabelWarning, Surrogate, train
+from detlearn.runs import ContextRangeWarning, Surrogate
 
 # A 4 x 4 grid (m_Φ 100 … 1870 GeV, m_ω 0.25 … 3.175 GeV) where every event passes the selection.
 SIMULATE = {"phi_points": 4, "omega_points": 4, "acceptance_max": 1.0, "acceptance_scale": 1.0}
@@ -48,14 +50,14 @@ def trained(tmp_path_factory):
     simulate(tmp / "sim", 250, 0, cfg.simulate)
     prepare(cfg, tmp / "ds", progress=False)
     seen = {}
-    real_fit = detlearn.training.fit
+    real_fit = detlearn.runs.surrogate.fit
 
     def recording_fit(model, train_data, val_data, *args, **kwargs):
         seen[type(model).__name__] = (train_data[1].numpy(), val_data[1].numpy())
         return real_fit(model, train_data, val_data, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(detlearn.training, "fit", recording_fit)
+        mp.setattr(detlearn.runs.surrogate, "fit", recording_fit)
         train(cfg, tmp / "ds", tmp / "run", progress=False)
     return tmp, seen["ConditionalFlow"]
 
@@ -159,7 +161,7 @@ def test_a_label_outside_the_hull_of_the_training_labels_warns_inside_their_rang
     corner = _config(tmp, split={"holdout": {"columns": CONTEXT, "points": [[1870.0, 3.175]]}})
     train(corner, tmp / "ds", tmp / "corner", progress=False)
     s = Surrogate.load(tmp / "corner")
-    assert len(s.info["context_labels"]) == 15
+    assert len(s.info.context_labels) == 15
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # Inside the hull, and on its new edge.
@@ -188,7 +190,7 @@ def test_explicit_holdout_points_and_whole_grid_rows(trained, monkeypatch, holdo
         seen.extend([train_data[1].numpy(), val_data[1].numpy()])
         raise _Stop
 
-    monkeypatch.setattr(detlearn.training, "fit", stop)
+    monkeypatch.setattr(detlearn.runs.surrogate, "fit", stop)
     with pytest.raises(_Stop):
         train(_config(tmp, split={"holdout": holdout}), tmp / "ds", tmp / "x", progress=False)
     for ctx in seen:
@@ -293,9 +295,9 @@ def test_the_floor_lets_the_simulator_pass_every_check_at_once():
     # against itself must pass all of them at once ~95 % of the time. A per-check 95 % floor
     # (z ~ 2) lets it pass all 16 far less often. 80 groups of 16 width checks, sim vs sim2
     # at one label, each floor from 20 bootstrap resamples, as evaluate computes it.
+    from detlearn.evaluation.floors import floor_z, statistical_floor
     from detlearn.evaluation.metrics import width68
     from detlearn.recipes.mass_grid.density import sample_reco
-    from detlearn.recipes.mass_grid.evaluate import floor_z, statistical_floor
 
     rng = np.random.default_rng(3)
     cfg, label = MassGridConfig(), np.full((2000, 2), [2460.0, 5.125])

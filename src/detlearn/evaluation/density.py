@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from detlearn.data.bins import context_bin_masks
 from detlearn.errors import DetlearnError
 from detlearn.evaluation.metrics import (
     Score,
@@ -44,20 +45,6 @@ from detlearn.evaluation.metrics import (
 )
 
 __all__ = ["ValidationResult", "context_bin_masks", "validate_conditional"]
-
-
-def context_bin_masks(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> list[np.ndarray]:
-    """One boolean mask per bin ``[edges[i], edges[i+1])``; the last bin includes its right edge.
-
-    Values outside the edges are in no bin.
-    """
-    values = np.asarray(values)
-    edges = np.asarray(edges, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise DetlearnError(f"bin edges must be increasing with at least 2 entries (got {edges})")
-    idx = np.searchsorted(edges, values, side="right") - 1
-    idx[values == edges[-1]] = edges.size - 2
-    return [idx == i for i in range(edges.size - 1)]
 
 
 @dataclass

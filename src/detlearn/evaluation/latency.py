@@ -22,12 +22,11 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["cpu_steal_s", "latency_curves", "latency_per_row", "plot_latency"]
+__all__ = ["cpu_steal_s", "latency_curves", "latency_per_row"]
 
 
 def cpu_steal_s() -> float | None:
@@ -148,41 +147,3 @@ def latency_per_row(
     return latency_curves(
         {"fn": fn}, inputs, batch_sizes, trials=trials, warmup=warmup, min_trial_s=min_trial_s
     )["fn"]
-
-
-def plot_latency(
-    curves: Mapping[str, Sequence[Mapping[str, Any]]],
-    path: str | Path,
-    *,
-    target_ns: float | None = None,
-) -> Path:
-    """Per-row latency [ns] vs batch size (log-log), one curve per runtime, 16–84 % band."""
-    from matplotlib.figure import Figure
-
-    from detlearn.report import _label, _save, _styled
-
-    @_styled
-    def draw() -> Path:
-        fig = Figure(figsize=(7, 5), layout="constrained")
-        ax = fig.add_subplot()
-        for name, rows in curves.items():
-            b = [r["batch"] for r in rows]
-            line = ax.plot(b, [r["ns_per_row"] for r in rows], marker="o", label=name)[0]
-            ax.fill_between(
-                b,
-                [r["ns_per_row_p16"] for r in rows],
-                [r["ns_per_row_p84"] for r in rows],
-                color=line.get_color(),
-                alpha=0.2,
-            )
-        if target_ns is not None:
-            ax.axhline(target_ns, color="k", ls="--", lw=1, label=f"target {target_ns:g} ns")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size [rows]")
-        ax.set_ylabel("time per row [ns]")
-        ax.legend(fontsize=10)
-        _label(ax)
-        return _save(fig, path)
-
-    return draw()

@@ -14,12 +14,9 @@ shard holds (hashing 10 million ids takes ~0.1 s; writing them took longer).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import mmap
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,82 +26,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from detlearn.data.splits import group_hash, split_mask
+from detlearn._files import atomic_path, file_checksum, read_json_object
 from detlearn.errors import DetlearnError
+from detlearn.io.splits import group_hash, split_mask
 
 __all__ = [
     "GROUP_COLUMN",
     "Dataset",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "file_checksum",
-    "read_json_object",
     "read_shard_record",
     "write_shard",
 ]
 
 GROUP_COLUMN = "_group"
+_CHECKSUM = re.compile(r"xxh3:[0-9a-f]{16}")
 MANIFEST = "manifest.json"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp file beside ``path`` to fill in the block; renamed onto ``path`` if the block
-    succeeds, removed if it fails, so no reader ever sees a half-written ``path``.
-
-    Example:
-        >>> with atomic_path(tmp / "out.root") as part:  # doctest: +SKIP
-        ...     write_root(part)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp creates 0600; give the file the mode an ordinary open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file's object; a one-line :class:`DetlearnError` when it is not valid JSON."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DetlearnError(f"{path}: not valid JSON ({err.msg})") from None
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def file_checksum(path: Path) -> str:
-    """A file's checksum as written in the manifest: ``xxh3:<16 hex digits>``.
-
-    XXH3-64, a non-cryptographic hash made to catch corruption: ~10 GB/s here, so checking a
-    shard read back from the page cache costs a few per cent of writing it (CRC-32 ran at
-    3.7 GB/s). A shard recorded with another kind of checksum (``crc32:``, older detlearn)
-    never matches, and is redone.
-    """
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return f"xxh3:{xxhash.xxh3_64_hexdigest(b'')}"
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return f"xxh3:{xxhash.xxh3_64_hexdigest(view)}"
 
 
 def write_shard(columns: dict[str, np.ndarray], path: Path) -> str:
@@ -159,12 +94,38 @@ class Dataset:
 
     @classmethod
     def open(cls, root: str | Path) -> Dataset:
-        """Open a dataset directory written by ``prepare``."""
+        """Open a dataset directory written by ``prepare``, its manifest checked: every shard
+        a ``.parquet`` file inside ``shards/`` with an XXH3 checksum (a manifest passed around
+        cannot point a run at files elsewhere)."""
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():
             raise DetlearnError(f"{root}: not a prepared dataset (no {MANIFEST})")
-        return cls(root, json.loads(path.read_text()))
+        manifest = read_json_object(path)
+        for key, kind in (("shards", list), ("columns", dict), ("group_column", str)):
+            if not isinstance(manifest.get(key), kind):
+                raise DetlearnError(f"{path}: key '{key}' is missing or not a {kind.__name__}")
+        shard_dir = (root / "shards").resolve()
+        for i, shard in enumerate(manifest["shards"]):
+            file = shard.get("file") if isinstance(shard, dict) else None
+            where = f"{path}: shards[{i}]"
+            if not isinstance(file, str) or not file.endswith(".parquet"):
+                raise DetlearnError(f"{where}: 'file' is not a .parquet file name")
+            if (root / file).resolve().parent != shard_dir:
+                raise DetlearnError(f"{where}: '{file}' lies outside {root / 'shards'}")
+            if not _CHECKSUM.fullmatch(str(shard.get("checksum"))):
+                raise DetlearnError(f"{where}: checksum {shard.get('checksum')!r} is not xxh3")
+            if not isinstance(shard.get("rows"), int) or not isinstance(shard.get("source"), dict):
+                raise DetlearnError(f"{where}: 'rows' or 'source' is missing")
+        return cls(root, manifest)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the data config and every shard's checksum: it changes when the folder
+        is prepared again from other files or another config."""
+        parts = [str(self.manifest.get("config_hash"))]
+        parts += sorted(s["checksum"] for s in self.manifest["shards"])
+        return f"xxh3:{xxhash.xxh3_64_hexdigest(chr(10).join(parts).encode())}"
 
     @property
     def columns(self) -> dict[str, dict[str, Any]]:
@@ -209,7 +170,7 @@ class Dataset:
             raise DetlearnError(f"{self.root}: dataset has no shards")
         tables, hashes = [], []
         for shard in self.manifest["shards"]:
-            table = pq.read_table(self.root / shard["file"], columns=read)
+            table = self._read_shard(shard, read)
             tables.append(table)
             if groups_needed:
                 ids = table.column(group).to_numpy()
@@ -226,3 +187,18 @@ class Dataset:
         if max_rows is not None:
             out = {k: v[:max_rows] for k, v in out.items()}
         return out
+
+    def _read_shard(self, shard: Mapping[str, Any], columns: list[str]) -> pa.Table:
+        """One shard's columns, after checking its checksum against the manifest's."""
+        path = self.root / shard["file"]
+        if not path.is_file():
+            raise DetlearnError(f"{path}: shard listed in the manifest is missing")
+        if file_checksum(path) != shard["checksum"]:
+            raise DetlearnError(
+                f"{path}: checksum differs from the manifest's: the shard changed after "
+                "prepare; run detlearn prepare again"
+            )
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as err:
+            raise DetlearnError(f"{path}: unreadable shard ({str(err).splitlines()[0]})") from None

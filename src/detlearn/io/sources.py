@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import glob
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,8 +74,6 @@ class WorkItem:
 
 
 def _path_digest(path: str) -> str:
-    import hashlib
-
     return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
 
 

@@ -1,113 +1,33 @@
-"""Models and their safe on-disk form: ``model.safetensors`` (weights) + ``model.json`` (spec).
+"""Models: torch modules in physical units, and their safe on-disk form.
 
-Every model class exposes ``spec() -> dict`` (JSON-serializable, with a ``"kind"`` key) and a
-classmethod ``from_spec(spec)`` that rebuilds the architecture; the weights (parameters and
-buffers, normalization constants included) live in safetensors. Nothing is pickled and nothing
-is read with ``torch.load``, so a run directory someone sent you is safe to open.
-
-A model family registers itself with :func:`register_model` under its kind string:
-
-Example:
-    >>> import tempfile
-    >>> from detlearn.config import FlowConfig
-    >>> flow = ConditionalFlow(1, 2, FlowConfig(hidden=[8]), lower=[0.0])
-    >>> with tempfile.TemporaryDirectory() as run_dir:
-    ...     _ = save_model(flow, run_dir)
-    ...     load_model(run_dir).spec() == flow.spec()
-    True
+- :mod:`.flows`: conditional normalizing flows (support bijections, fast per-context sampling);
+- :mod:`.counts`: a negative-binomial count model N | context;
+- :mod:`.regressors`: small dense regressors with folded normalization;
+- :mod:`.registry`: model kind -> class, ``save_model`` / ``load_model`` (safetensors + JSON).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
-
-import safetensors.torch
-import torch
-
-from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_path, atomic_write_json, read_json_object
+from detlearn.models.counts import CountModel
+from detlearn.models.flows import ConditionalFlow
+from detlearn.models.registry import (
+    MODELS,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    load_model,
+    model_class,
+    save_model,
+)
+from detlearn.models.regressors import Regressor
 
 __all__ = [
+    "MODELS",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
     "ConditionalFlow",
     "CountModel",
     "Regressor",
-    "export_sampler_onnx",
     "load_model",
     "model_class",
-    "register_model",
     "save_model",
 ]
-
-WEIGHTS_FILE = "model.safetensors"
-SPEC_FILE = "model.json"
-
-_REGISTRY: dict[str, type[torch.nn.Module]] = {}
-
-M = TypeVar("M", bound=type[torch.nn.Module])
-
-
-def register_model(kind: str) -> Callable[[M], M]:
-    """Class decorator: make ``load_model`` rebuild specs whose ``"kind"`` is ``kind``."""
-
-    def decorate(cls: M) -> M:
-        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
-            raise ValueError(f"model kind '{kind}' is already registered")
-        _REGISTRY[kind] = cls
-        return cls
-
-    return decorate
-
-
-def model_class(kind: str) -> type[torch.nn.Module]:
-    """The class registered under ``kind`` (a one-line :class:`DetlearnError` if unknown)."""
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise DetlearnError(f"unknown model kind '{kind}' (known: {known})") from None
-
-
-def save_model(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns the weights path.
-
-    Both files are written to a temporary name first and renamed, so a crash never leaves a
-    half-written model behind.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    spec = model.spec()
-    model_class(spec["kind"])
-    weights = directory / WEIGHTS_FILE
-    with atomic_path(weights) as tmp:
-        # save_model (not save_file) de-duplicates tensors that share storage.
-        safetensors.torch.save_model(model, str(tmp), metadata={"kind": spec["kind"]})
-    atomic_write_json(directory / SPEC_FILE, spec)
-    return weights
-
-
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model saved by :func:`save_model` in ``directory``, in eval mode."""
-    directory = Path(directory)
-    spec_path, weights = directory / SPEC_FILE, directory / WEIGHTS_FILE
-    for path in (spec_path, weights):
-        if not path.is_file():
-            raise DetlearnError(f"{path}: model file not found")
-    spec = read_json_object(spec_path)
-    if "kind" not in spec:
-        raise DetlearnError(f"{spec_path}: missing key 'kind'")
-    model = model_class(spec["kind"]).from_spec(spec)
-    missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
-    if missing or unexpected:
-        raise DetlearnError(
-            f"{weights}: weights do not match {spec_path.name} "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
-    return model.to(device).eval()
-
-
-# The model modules register themselves with the functions above, so they come last.
-from detlearn.models.counts import CountModel  # noqa: E402
-from detlearn.models.flows import ConditionalFlow, export_sampler_onnx  # noqa: E402
-from detlearn.models.regressors import Regressor  # noqa: E402

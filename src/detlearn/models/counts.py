@@ -28,7 +28,6 @@ import zuko
 from torch import Tensor
 
 from detlearn.errors import DetlearnError
-from detlearn.models import register_model
 
 __all__ = ["CountModel"]
 
@@ -37,7 +36,6 @@ __all__ = ["CountModel"]
 _LOG_R_BOUND = 10.0
 
 
-@register_model("count_negbinom")
 class CountModel(torch.nn.Module):
     """Negative-binomial N | c with context-dependent mean and dispersion.
 

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from detlearn.config import RegressorConfig
 from detlearn.errors import DetlearnError
-from detlearn.models import register_model
 
 __all__ = ["MODEL4EXP_HIDDEN", "Regressor"]
 
@@ -57,7 +56,6 @@ def _layers(
     return torch.nn.Sequential(*layers)
 
 
-@register_model("regressor")
 class Regressor(torch.nn.Module):
     """One target from F inputs; a dense network with stored input and target scaling.
 
@@ -70,6 +68,7 @@ class Regressor(torch.nn.Module):
         target_name: name of the target column.
     """
 
+    kind = "regressor"
     batch_keys = ("inputs", "target")
 
     @property
@@ -108,7 +107,7 @@ class Regressor(torch.nn.Module):
     def spec(self) -> dict[str, Any]:
         """JSON-serializable description; :meth:`from_spec` rebuilds the architecture."""
         return {
-            "kind": "regressor",
+            "kind": self.kind,
             "n_inputs": self.n_inputs,
             "config": self.cfg.model_dump(mode="json"),
             "input_names": self.input_names,

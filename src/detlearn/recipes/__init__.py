@@ -1,74 +1,28 @@
 """Recipes: the physics of each workflow (simulator, extractor, default config, evaluation).
 
-A recipe is a subpackage exposing some of:
+Each recipe package defines one :class:`~detlearn.recipes.base.Recipe` record, ``RECIPE``;
+:data:`RECIPES` lists them, and is the only place that does. Nothing below this layer imports
+a recipe: the core reaches a recipe's functions through the record.
 
-- ``simulate(out_dir, events, seed, options) -> list[Path]``: write ROOT files in the real layout;
-- ``extract(chunk, options) -> dict[str, numpy.ndarray]``: rows from one work item;
-- ``evaluate(run_dir, config, out_dir) -> dict``: the recipe's validation suite;
-
-and a ``recipe.yaml`` with its default run config. The core never imports a recipe by name;
-it looks them up here.
+- :mod:`.klm_timing`: photon arrival times in the ePIC KLM bar (a flow surrogate);
+- :mod:`.mass_grid`: FEDHEX's mass-grid interpolation (a flow over a grid of labels);
+- :mod:`.hcal_energy`: CMS HCAL channel energy (a dense regressor against MAHI).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from detlearn.config import read_yaml
+from detlearn.config import RunConfig, config_from_raw, read_raw_config
 from detlearn.errors import DetlearnError
+from detlearn.recipes import hcal_energy, klm_timing, mass_grid
+from detlearn.recipes.base import Recipe
 
-__all__ = ["RECIPES", "Recipe", "get_recipe"]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A named recipe and the module implementing it."""
-
-    name: str
-    module_name: str
-    summary: str
-
-    @property
-    def module(self) -> ModuleType:
-        """The recipe's implementation module (imported on first use)."""
-        return importlib.import_module(self.module_name)
-
-    def default_config(self) -> dict[str, Any]:
-        """The recipe's default run config (its ``recipe.yaml``) as a dict."""
-        path = Path(__file__).parent / self.module_name.rsplit(".", 1)[-1] / "recipe.yaml"
-        return read_yaml(path) or {}
-
-    def function(self, name: str) -> Any:
-        """The recipe's ``name`` function, or a clear error if it has none."""
-        fn = getattr(self.module, name, None)
-        if fn is None:
-            raise DetlearnError(f"recipe '{self.name}' has no '{name}' step")
-        return fn
-
+__all__ = ["RECIPES", "Recipe", "get_recipe", "load_config"]
 
 RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in [
-        Recipe(
-            "klm-timing",
-            "detlearn.recipes.klm_timing",
-            "EIC KLM bar: photon arrival-time surrogate p(dt | z, theta, |p|)",
-        ),
-        Recipe(
-            "mass-grid",
-            "detlearn.recipes.mass_grid",
-            "FEDHEX mass-grid interpolation: p(m_phi, m_omega reco | generated masses)",
-        ),
-        Recipe(
-            "hcal-energy",
-            "detlearn.recipes.hcal_energy",
-            "CMS HCAL channel energy regression (FACILE): DNN vs MAHI-lite",
-        ),
-    ]
+    r.name: r for r in (klm_timing.RECIPE, mass_grid.RECIPE, hcal_energy.RECIPE)
 }
 
 
@@ -80,3 +34,14 @@ def get_recipe(name: str) -> Recipe:
         raise DetlearnError(
             f"unknown recipe '{name}'; known recipes: {', '.join(sorted(RECIPES))}"
         ) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config, merged over its recipe's default config (``recipe.yaml``).
+
+    Relative input paths are resolved against the config file's folder.
+    """
+    raw = read_raw_config(path, overrides)
+    recipe = raw.get("recipe")
+    defaults = get_recipe(recipe).default_config() if recipe else {}
+    return config_from_raw(raw, path, defaults)

@@ -21,6 +21,9 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from detlearn.recipes.base import Recipe
 from detlearn.recipes.hcal_energy.baselines import (
     ACTIVE_BX,
     MahiResult,
@@ -29,40 +32,40 @@ from detlearn.recipes.hcal_energy.baselines import (
     mahi_lite,
     template_fractions,
 )
-from detlearn.recipes.hcal_energy.evaluate import evaluate
-from detlearn.recipes.hcal_energy.simulate import (
-    BRANCHES,
-    ETA_EDGES,
-    MAX_DEPTH,
+from detlearn.recipes.hcal_energy.config import (
     SAMPLES,
     SOI,
     TS_NS,
-    HcalChannels,
     HcalSimConfig,
     config_from_options,
-    generate_channels,
+)
+from detlearn.recipes.hcal_energy.evaluate import evaluate
+from detlearn.recipes.hcal_energy.pulse import (
     pulse_density,
     pulse_fractions,
     pulse_shape,
     pulse_survival,
+    time_slew,
+)
+from detlearn.recipes.hcal_energy.simulate import (
+    BRANCHES,
+    ETA_EDGES,
+    MAX_DEPTH,
+    HcalChannels,
+    generate_channels,
     qie_quantize,
     simulate,
-    time_slew,
     tower_eta,
     write_channels,
 )
 
-#: Channels ``detlearn demo --recipe hcal-energy`` simulates.
-DEMO_EVENTS = 1_000_000
-
 __all__ = [
     "ACTIVE_BX",
     "BRANCHES",
-    "DEMO_EVENTS",
     "ETA_EDGES",
     "MAX_DEPTH",
+    "RECIPE",
     "SAMPLES",
-    "SIMULATE_OPTIONS",
     "SOI",
     "TS_NS",
     "HcalChannels",
@@ -86,5 +89,12 @@ __all__ = [
     "write_channels",
 ]
 
-#: The options of the recipe's ``simulate`` section (``detlearn config show`` lists them).
-SIMULATE_OPTIONS = HcalSimConfig
+RECIPE = Recipe(
+    name="hcal-energy",
+    summary="CMS HCAL channel energy regression (FACILE): DNN vs MAHI-lite",
+    simulate=simulate,
+    evaluate=evaluate,
+    config=Path(__file__).with_name("recipe.yaml"),
+    simulate_options=HcalSimConfig,
+    demo_events=1_000_000,
+)

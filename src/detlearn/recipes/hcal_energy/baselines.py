@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from detlearn._blocks import in_blocks
 from detlearn.recipes.hcal_energy._kernels import (
     SIZE,
     lerp_values,
@@ -41,16 +42,8 @@ from detlearn.recipes.hcal_energy._kernels import (
     mahi_rows,
     nnls_rows,
 )
-from detlearn.recipes.hcal_energy.simulate import (
-    SAMPLES,
-    SOI,
-    TS_NS,
-    HcalSimConfig,
-    _in_blocks,
-    pulse_density,
-    pulse_shape,
-    time_slew,
-)
+from detlearn.recipes.hcal_energy.config import BLOCK, SAMPLES, SOI, TS_NS, HcalSimConfig
+from detlearn.recipes.hcal_energy.pulse import pulse_density, pulse_shape, time_slew
 
 __all__ = ["ACTIVE_BX", "MahiResult", "batched_nnls", "m0", "mahi_lite", "template_fractions"]
 
@@ -308,7 +301,7 @@ def mahi_lite(
         noise_block = noise[rows].astype(np.float64)
         return _mahi_block(pulse, noise_block, cfg, iterations, dynamic_pedestal, chi2_switch)
 
-    out = _in_blocks(len(raw), work, threads or cfg.threads)
+    out = in_blocks(len(raw), BLOCK, work, threads or cfg.threads)
     gain = np.asarray(gain, dtype=np.float64)
     energy = out["amplitudes"][:, ACTIVE_BX.index(0)] * gain
     return MahiResult(energy=energy, m0=out.pop("m0_charge") * gain, **out)

@@ -22,6 +22,7 @@ loss.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,17 @@ import numpy as np
 
 from detlearn.config import merge_options
 from detlearn.errors import DetlearnError
+from detlearn.evaluation.latency import latency_curves
+from detlearn.evaluation.regression import TRIM, bin_stats, sigma_eff
+from detlearn.export.regressor import regressor_runtimes
+from detlearn.io.dataset import Dataset
+from detlearn.plots.latency import plot_latency
+from detlearn.plots.loss import plot_loss
+from detlearn.plots.style import exp_label, save, styled
+from detlearn.report import Section, write_report
+from detlearn.runs import Regression
 
-__all__ = ["METHODS", "OPTIONS", "TARGETS", "bin_stats", "evaluate", "sigma_eff"]
+__all__ = ["METHODS", "OPTIONS", "TARGETS", "evaluate"]
 
 #: Default ``evaluation.options``: bin edges (PU: FACILE HEAD's plus a low-PU bin; pT [GeV]:
 #: FACILE's), the fewest channels for a bin to be scored, and the timing batch sizes.
@@ -44,45 +54,7 @@ OPTIONS: dict[str, Any] = {
 METHODS = {"DNN": "DNN", "MAHI-lite": "energy", "M0": "eraw"}
 #: The recipe's quality target: the DNN's resolution is better than MAHI-lite's in most bins.
 TARGETS: dict[str, tuple[str, float]] = {"dnn_beats_mahi_fraction": (">", 0.5)}
-_TRIM = (0.02, 0.98)
 _COLORS = {"DNN": "#bd1f01", "MAHI-lite": "#3f90da", "M0": "#717581"}
-
-
-def sigma_eff(ratio: np.ndarray, coverage: float = 0.683) -> float:
-    """Half the width of the narrowest interval holding ``coverage`` of ``ratio`` (unitless)."""
-    x = np.sort(np.asarray(ratio, dtype=np.float64))
-    k = int(np.ceil(coverage * len(x)))
-    if k < 2:
-        return float("nan")
-    widths = x[k - 1 :] - x[: len(x) - k + 1]
-    return float(0.5 * widths.min())
-
-
-def bin_stats(e: np.ndarray, e_gen: np.ndarray, e_ref: float) -> dict[str, float]:
-    """FACILE's per-bin numbers of one method: trimmed μ, σ [GeV], response, resolution.
-
-    Args:
-        e: reconstructed energies [GeV] of the bin's channels.
-        e_gen: their generated energies [GeV].
-        e_ref: the bin's energy scale, the pT bin centre [GeV].
-    """
-    de, deposit = e - e_gen, e_gen > 0
-    lo, hi = np.quantile(de, _TRIM)
-    kept = de[(de >= lo) & (de <= hi)]
-    mu, sigma = float(kept.mean()), float(kept.std())
-    response = 1.0 - mu / e_ref
-    # c >= 1; a response <= 0 (mean off by more than E_ref) has no meaningful correction.
-    c = max(response, 1.0 / response) if response > 0 else float("nan")
-    resolution = sigma / e_ref * c
-    return {
-        "mu": mu,
-        "sigma": sigma,
-        "response": response,
-        "resolution": resolution,
-        "resolution_err": resolution / np.sqrt(2 * len(kept)),
-        # E/E_gen of channels with a true deposit (the recipe's selection keeps genE > 0.1).
-        "sigma_eff": sigma_eff(e[deposit] / e_gen[deposit]),
-    }
 
 
 def _table(
@@ -124,9 +96,7 @@ def _plots(
 ) -> list[tuple[str, Path]]:
     from matplotlib.figure import Figure
 
-    from detlearn.report import _label, _save, _styled
-
-    @_styled
+    @styled
     def per_pu(i: int, key: str, ylabel: str) -> Path:
         sel = [r for r in rows if r["pu_bin"] == i]
         fig = Figure(figsize=(7, 5), layout="constrained")
@@ -142,10 +112,10 @@ def _plots(
         ax.set_xlabel(r"$p_T$ [GeV]")
         ax.set_ylabel(ylabel)
         ax.legend(title=f"PU {sel[0]['PU']}", fontsize=11)
-        _label(ax)
-        return _save(fig, out / f"{key}_{i}.png")
+        exp_label(ax)
+        return save(fig, out / f"{key}_{i}.png")
 
-    @_styled
+    @styled
     def histograms(i: int) -> Path:
         sel = [r for r in rows if r["pu_bin"] == i]
         ncols = 5
@@ -162,7 +132,7 @@ def _plots(
             )
             for label, col in METHODS.items():
                 de = data[col][mask] - data["genE"][mask]
-                lo, hi = np.quantile(de, _TRIM)
+                lo, hi = np.quantile(de, TRIM)
                 de = de[(de >= lo) & (de <= hi)]
                 ax.hist(de, bins=40, histtype="step", density=True, color=_COLORS[label],
                         label=label)  # fmt: skip
@@ -172,7 +142,7 @@ def _plots(
         for ax in axes[len(sel) :]:
             ax.set_visible(False)
         axes[0].legend(fontsize=9, title=f"PU {sel[0]['PU']}", title_fontsize=9)
-        return _save(fig, out / f"dE_{i}.png")
+        return save(fig, out / f"dE_{i}.png")
 
     figures: list[tuple[str, Path]] = []
     for i in sorted({r["pu_bin"] for r in rows}):
@@ -188,24 +158,20 @@ def _plots(
     return figures
 
 
-def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+def evaluate(
+    run_dir: str | Path, out_dir: str | Path, sections: Sequence[Section] = (), seed: int = 0
+) -> Path:
     """Score the regressor in ``run_dir`` against MAHI-lite and M0; returns the report path.
 
     The test split of the run's dataset must hold the observer columns ``PU``, ``pt``,
     ``energy`` (MAHI-lite) and ``eraw`` (M0) beside the regressor's inputs and ``genE``.
     ``seed`` is unused (the evaluation draws nothing); it keeps the recipe signature.
     """
-    from detlearn.evaluation.latency import latency_curves, plot_latency
-    from detlearn.export import regressor_runtimes
-    from detlearn.io.dataset import Dataset
-    from detlearn.report import plot_loss, write_report
-    from detlearn.run import Regression, load_run_split
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     reg = Regression.load(run_dir, recipe="hcal-energy")
-    config: dict[str, Any] = reg.info["config"]
+    config: dict[str, Any] = reg.info.config.model_dump(mode="json")
     options = merge_options(OPTIONS, config["evaluation"]["options"], "evaluation.options")
-    ds = Dataset.open(reg.info["dataset"])
+    ds = Dataset.open(reg.info.dataset)
     needed = ["genE", "PU", "pt", "energy", "eraw"]
     missing = [c for c in needed if c not in ds.columns]
     if missing:
@@ -213,7 +179,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             f"{ds.root}: the hcal-energy evaluation needs column '{missing[0]}' "
             f"(needs {', '.join(needed)})"
         )
-    data = load_run_split(reg.info, [*reg.input_names, *needed], "test")
+    data = reg.info.load_split([*reg.input_names, *needed], "test")
     n = min(len(data["genE"]), int(config["evaluation"]["max_rows"]))
     if n == 0:
         raise DetlearnError(f"{ds.root}: the test split is empty; prepare more channels")
@@ -330,4 +296,5 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         ],
         figures=figures,
         targets=TARGETS,
+        sections=sections,
     )

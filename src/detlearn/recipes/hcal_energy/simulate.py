@@ -53,48 +53,43 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import uproot
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from detlearn.config import validate_options
+from detlearn._blocks import Joined, in_blocks, seeded_blocks
+from detlearn._files import atomic_path
+from detlearn._progress import progress
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_path
 from detlearn.recipes.hcal_energy._kernels import pileup_rows, quantize_values, readout_rows
+from detlearn.recipes.hcal_energy.baselines import mahi_lite
+from detlearn.recipes.hcal_energy.config import (
+    BLOCK,
+    SAMPLES,
+    TS_NS,
+    Compression,
+    HcalSimConfig,
+    config_from_options,
+)
+from detlearn.recipes.hcal_energy.pulse import fractions_by_ts, pulse_fractions, time_slew
 
 __all__ = [
     "BRANCHES",
     "ETA_EDGES",
     "MAX_DEPTH",
-    "SAMPLES",
-    "SOI",
-    "TS_NS",
-    "Compression",
     "HcalChannels",
-    "HcalSimConfig",
-    "config_from_options",
     "generate_channels",
-    "pulse_density",
-    "pulse_fractions",
-    "pulse_shape",
-    "pulse_survival",
     "qie_quantize",
     "simulate",
-    "time_slew",
     "tower_eta",
     "write_channels",
 ]
 
-SAMPLES = 8
-SOI = 3
-TS_NS = 25.0
 #: Tower η edges of |ieta| = 1..29 (CMSSW HcalTopology; tower i spans [edge i-1, edge i]).
 ETA_EDGES = np.array(
     [0.000, 0.087, 0.174, 0.261, 0.348, 0.435, 0.522, 0.609, 0.696, 0.783, 0.870, 0.957, 1.044,
@@ -124,9 +119,6 @@ _LAST_IETA = 29
 _COSH_ETA = np.cosh(0.5 * (ETA_EDGES[:-1] + ETA_EDGES[1:])).astype(np.float32)
 _FIRST_ODD_IPHI_IETA = 21
 _HE_AGING_START = 16
-# Channels per independently seeded block: the unit of threading; fixed, so results depend only
-# on the seed, never on the number of threads.
-_BLOCK = 1 << 15
 # QIE11-like ADC: 4 ranges of 64 codes; within a range, 4 sub-ranges of 16, 20, 21 and 7 codes
 # with widths of 1, 2, 4, 8 range LSBs; each range's LSB is 8 times the previous one.
 _QIE_SUBRANGE_WIDTHS = np.repeat([1, 2, 4, 8], [16, 20, 21, 7])
@@ -135,8 +127,6 @@ _QIE_RANGE_FACTOR = 8
 # while writing, and buffers this small are reused by malloc rather than mapped afresh, page
 # fault by page fault (a whole file per basket doubled the kernel time of writing).
 _BASKET = 1 << 15
-#: ROOT basket compressions of :func:`write_channels` (the ``compression`` option).
-Compression = Literal["lz4", "zstd", "zlib", "lzma", "none"]
 # uproot's compression of each (None: uncompressed).
 _CODECS: dict[Compression, Any] = {
     "lz4": uproot.LZ4,
@@ -145,107 +135,6 @@ _CODECS: dict[Compression, Any] = {
     "lzma": uproot.LZMA,
     "none": None,
 }
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HcalSimConfig(_Strict):
-    """Every number of the HCAL channel simulator (defaults: Phase-1 SiPM + QIE11 [S28]).
-
-    Example:
-        >>> HcalSimConfig(pu_mean_max=0.0).pu_mean_max
-        0.0
-    """
-
-    # Output
-    channels_per_file: int = Field(200_000, gt=0, description="channels (rows) per ROOT file")
-    compression: Compression = Field(
-        "lz4", description="ROOT basket compression (lz4: fastest; zstd: ~25% smaller, slower)"
-    )
-    compression_level: int = Field(1, ge=1, le=9, description="compression level (1: fastest)")
-    threads: int = Field(
-        2, gt=0, description="threads generating and fitting channels (results do not depend)"
-    )
-    # Energy spectrum
-    energy_min: float = Field(0.2, gt=0, description="lower end of the log-uniform genE [GeV]")
-    energy_max: float = Field(200.0, gt=0, description="upper end of the log-uniform genE [GeV]")
-    soft_fraction: float = Field(
-        0.3, ge=0, le=1, description="fraction of channels with genE ~ Exp(soft_mean)"
-    )
-    soft_mean: float = Field(2.0, gt=0, description="mean of the soft genE component [GeV]")
-    # Light yield and calibration
-    pe_per_gev: float = Field(
-        40.0, gt=0, description="recorded photoelectrons per GeV (crosstalk included) [pe/GeV]"
-    )
-    fc_per_pe: float = Field(40.0, gt=0, description="SiPM charge per photoelectron [fC/pe]")
-    crosstalk: float = Field(0.17, ge=0, lt=1, description="SiPM crosstalk probability λ")
-    light_spread: float = Field(
-        0.05, ge=0, description="log-normal σ of the channel light yield (median 1)"
-    )
-    sipm_gain_spread: float = Field(
-        0.1, ge=0, description="log-normal σ of the channel SiPM gain in fC/pe (median 1)"
-    )
-    aging_max: float = Field(
-        0.4, ge=0, lt=1, description="light loss at |ieta| = 29, linear from 0 at |ieta| = 16"
-    )
-    calibration_error: float = Field(
-        0.02, ge=0, description="log-normal σ of the reported gain around the true GeV/fC"
-    )
-    # Pulse shape and timing
-    phase: float = Field(
-        10.0, description="pulse time at the start of the SOI window (2017 SiPM table) [ns]"
-    )
-    pulse_start: float = Field(9.8, description="pulse onset in pulse time [ns]")
-    pulse_rise: float = Field(
-        5.2, ge=1, description="τ of the (t/τ)² exp(-t/τ) main component [ns]"
-    )
-    pulse_tail_fraction: float = Field(
-        0.327, ge=0, le=1, description="charge fraction in the exponential tail"
-    )
-    pulse_tail_tau: float = Field(39.5, ge=1, description="decay time of the tail [ns]")
-    slew_intercept: float = Field(24.0, description="time slew a in a + b ln(Q/fC) [ns]")
-    slew_slope: float = Field(-3.18, description="time slew b in a + b ln(Q/fC) [ns]")
-    slew_max: float = Field(12.0, ge=0, description="time slew cap t_max (slew in [0, t_max]) [ns]")
-    jitter: float = Field(1.5, ge=0, description="Gaussian time jitter σ of the signal [ns]")
-    # Readout
-    pedestal: float = Field(17.3, ge=0, description="mean pedestal per TS [fC]")
-    pedestal_spread: float = Field(
-        0.2, ge=0, description="σ of the 4 capacitor pedestals around the mean [fC]"
-    )
-    pedestal_width: float = Field(1.5, gt=0, description="electronic noise σ per TS [fC]")
-    qie_lsb: float = Field(3.1, gt=0, description="QIE11 least significant bit, lowest range [fC]")
-    # Pileup
-    pu_mean_min: float = Field(0.0, ge=0, description="lower end of the per-channel mean PU μ")
-    pu_mean_max: float = Field(100.0, ge=0, description="upper end of μ; PU ~ Poisson(μ)")
-    pu_occupancy: float = Field(
-        0.01, ge=0, description="pileup deposits per interaction and BX at |ieta| = 0"
-    )
-    pu_occupancy_ieta: float = Field(
-        0.15, ge=0, description="relative growth of the occupancy per unit |ieta|"
-    )
-    pu_depth1_factor: float = Field(1.5, ge=0, description="occupancy factor of depth 1")
-    pu_energy_mean: float = Field(0.4, gt=0, description="mean energy of a pileup deposit [GeV]")
-    pu_bx_min: int = Field(-4, le=0, description="earliest pileup bunch crossing (SOI = 0)")
-    pu_bx_max: int = Field(
-        4, ge=0, description="latest pileup bunch crossing (SOI = 0; BX 5 reaches TS 7 with 0.2%)"
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> HcalSimConfig:
-        if self.energy_min >= self.energy_max:
-            raise ValueError(f"energy_min {self.energy_min} must be < energy_max {self.energy_max}")
-        if self.pu_mean_min > self.pu_mean_max:
-            raise ValueError(
-                f"pu_mean_min {self.pu_mean_min} must be <= pu_mean_max {self.pu_mean_max}"
-            )
-        return self
-
-    @property
-    def nominal_gain(self) -> float:
-        """GeV per fC of a channel with median light yield and SiPM gain: 1/(Y G)."""
-        return 1.0 / (self.pe_per_gev * self.fc_per_pe)
 
 
 @dataclass(frozen=True)
@@ -313,150 +202,6 @@ def tower_eta(ieta: np.ndarray) -> np.ndarray:
     """
     a = np.abs(np.asarray(ieta))
     return 0.5 * (ETA_EDGES[a - 1] + ETA_EDGES[a])
-
-
-def time_slew(charge: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
-    """Delay of a pulse of total ``charge`` [fC]: clip(a + b ln(max(Q, 1 fC)), 0, t_max) [ns].
-
-    Float32 for float32 charges, else float64.
-
-    Example:
-        >>> time_slew(np.array([1.0, 1600.0, 1e5]), HcalSimConfig()).round(2).tolist()
-        [12.0, 0.54, 0.0]
-    """
-    q = np.asarray(charge)
-    log_q = np.log(np.maximum(q, 1.0, dtype=np.result_type(q.dtype, np.float32)))
-    return np.clip(cfg.slew_intercept + cfg.slew_slope * log_q, 0.0, cfg.slew_max)
-
-
-def pulse_shape(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
-    """Survival function S(u) of a unit pulse: the fraction of its charge after its time u [ns].
-
-    With u₀ = ``pulse_start``, τ = ``pulse_rise``, f = ``pulse_tail_fraction``, τ_t =
-    ``pulse_tail_tau`` and x = max(u − u₀, 0),
-
-        S(u) = (1 − f) e^(−x/τ) (1 + x/τ + x²/2τ²) + f e^(−x/τ_t):
-
-    a gamma-shaped rise ((t/τ)² e^(−t/τ)) plus an exponential tail. Float32 in, float32 out.
-
-    Example:
-        >>> pulse_shape(np.array([0.0, 30.0]), HcalSimConfig()).round(3).tolist()
-        [1.0, 0.368]
-    """
-    u = np.asarray(u)
-    return _shape_in_place(u.astype(np.result_type(u.dtype, np.float32)), cfg)
-
-
-def _shape_in_place(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
-    """:func:`pulse_shape` overwriting the float array ``u`` with S(u); returns it.
-
-    In place: this runs on every signal pulse, and fresh temporaries cost as much as the math.
-    (``out=`` keeps 0-d arrays arrays.)
-    """
-    f = cfg.pulse_tail_fraction
-    x = u
-    x -= cfg.pulse_start
-    np.maximum(x, 0.0, out=x)
-    tail = np.multiply(x, -1.0 / cfg.pulse_tail_tau, out=np.empty_like(x))
-    np.exp(tail, out=tail)
-    tail *= f
-    w = x
-    w *= 1.0 / cfg.pulse_rise
-    poly = np.multiply(w, 0.5, out=np.empty_like(w))
-    poly += 1.0
-    poly *= w
-    poly += 1.0
-    survival = np.negative(w, out=w)
-    np.exp(survival, out=survival)
-    survival *= 1.0 - f
-    survival *= poly
-    survival += tail
-    return survival
-
-
-def pulse_density(u: np.ndarray, cfg: HcalSimConfig) -> np.ndarray:
-    """Density p(u) = −dS/du of a unit pulse at its times u [1/ns] (:func:`pulse_shape`).
-
-        p(u) = (1 − f) x² e^(−x/τ) / 2τ³ + f e^(−x/τ_t) / τ_t   for u ≥ u₀, else 0.
-
-    Example:
-        >>> pulse_density(np.array([0.0, 30.0]), HcalSimConfig()).round(4).tolist()
-        [0.0, 0.025]
-    """
-    x = np.asarray(u) - cfg.pulse_start
-    xs = np.maximum(x, 0.0)
-    w = xs * (1.0 / cfg.pulse_rise)
-    f = cfg.pulse_tail_fraction
-    main = (1.0 - f) * (0.5 / cfg.pulse_rise) * w * w * np.exp(-w)
-    tail = (f / cfg.pulse_tail_tau) * np.exp(xs * (-1.0 / cfg.pulse_tail_tau))
-    return np.where(x >= 0, main + tail, 0.0).astype(main.dtype, copy=False)
-
-
-def _survival_by_edge(
-    shift: np.ndarray | float, cfg: HcalSimConfig, first: int, last: int
-) -> np.ndarray:
-    """:func:`pulse_survival` edge-major: ``(last − first + 1, *shape(shift))``.
-
-    Edge-major so that every step runs over contiguous rows of pulses: broadcasting a per-pulse
-    value over a short trailing axis, numpy runs one small inner loop per pulse, several times
-    slower.
-    """
-    shift = np.asarray(shift)
-    dtype = np.result_type(shift.dtype, np.float32)
-    shift = shift.astype(dtype, copy=False)
-    edges = (cfg.phase + TS_NS * (np.arange(first, last + 1) - SOI)).astype(dtype)
-    # Edges before the onset of every pulse (S = 1) are skipped: for a signal pulse that is a
-    # third of them.
-    earliest = shift.min(initial=np.inf)
-    skip = int(np.searchsorted(edges - earliest, cfg.pulse_start, side="right"))
-    survival = np.empty((len(edges), *shift.shape), dtype=dtype)
-    survival[:skip] = 1.0
-    rest = survival[skip:]
-    np.subtract(edges[skip:].reshape(-1, *[1] * shift.ndim), shift, out=rest)
-    _shape_in_place(rest, cfg)
-    return survival
-
-
-def _fractions_by_ts(
-    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
-) -> np.ndarray:
-    """:func:`pulse_fractions` TS-major: ``(last − first, *shape(shift))``, contiguous."""
-    survival = _survival_by_edge(shift, cfg, first, last)
-    return survival[:-1] - survival[1:]
-
-
-def pulse_survival(
-    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
-) -> np.ndarray:
-    """:func:`pulse_shape` at the edges of TS ``first`` .. ``last``, the pulse delayed ``shift``.
-
-    The edge of TS i is at e_i = ``phase`` + 25 (i − SOI) ns in the undelayed pulse's time, so
-    S is evaluated at e_i − shift.
-
-    Returns:
-        ``(*shape(shift), last − first + 1)``, float32 for a float32 ``shift``, else float64.
-    """
-    return np.moveaxis(_survival_by_edge(shift, cfg, first, last), 0, -1)
-
-
-def pulse_fractions(
-    shift: np.ndarray | float, cfg: HcalSimConfig, first: int = 0, last: int = SAMPLES
-) -> np.ndarray:
-    """Fraction of a pulse's total charge in TS ``first`` .. ``last`` − 1, delayed by ``shift`` ns.
-
-    TS i collects S(e_i − shift) − S(e_(i+1) − shift), S the pulse's survival function
-    (:func:`pulse_shape`, evaluated by :func:`pulse_survival`). The defaults
-    reproduce the 2017 SiPM table at phase 10 ns [S9] within 0.003 per TS (0.002, 0.733, 0.172,
-    0.045, 0.023, 0.012, 0.006, 0.003 from SOI − 1). A pileup pulse of BX k has shift 25k.
-
-    Returns:
-        ``(*shape(shift), last − first)`` fractions (float32 for a float32 ``shift``).
-
-    Example:
-        >>> pulse_fractions(0.0, HcalSimConfig()).round(3).tolist()
-        [0.0, 0.0, 0.002, 0.733, 0.172, 0.045, 0.023, 0.012]
-    """
-    return np.moveaxis(_fractions_by_ts(shift, cfg, first, last), 0, -1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -583,7 +328,7 @@ def _channels(n: int, cfg: HcalSimConfig, rng: np.random.Generator) -> dict[str,
     # one TS at a time, as per-channel factors broadcast fast only over contiguous rows.
     charge = _matmul(pileup, _pileup_fractions(cfg))
     signal_energy = signal_f4 / charge_per_gev
-    for ts, in_ts in enumerate(_fractions_by_ts(shift, cfg)):
+    for ts, in_ts in enumerate(fractions_by_ts(shift, cfg)):
         in_ts *= signal_energy
         in_ts += charge[:, ts]
         np.multiply(in_ts, charge_per_gev, out=charge[:, ts])
@@ -621,62 +366,6 @@ def _channels(n: int, cfg: HcalSimConfig, rng: np.random.Generator) -> dict[str,
     }
 
 
-def _blocks(n: int, rng: np.random.Generator | None = None) -> list[tuple[Any, ...]]:
-    """The fixed blocks of ``n`` rows: ``(rows,)``, or ``(rows, child)`` with a generator
-    spawned from ``rng`` per block. They depend only on ``n`` and ``rng``.
-    """
-    slices = [slice(i, min(i + _BLOCK, n)) for i in range(0, n, _BLOCK)] or [slice(0, 0)]
-    if rng is None:
-        return [(rows,) for rows in slices]
-    return list(zip(slices, rng.spawn(len(slices)), strict=True))
-
-
-class _Joined:
-    """Arrays of ``n`` rows filled block by block, from any thread (:meth:`put`)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.arrays: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def put(self, rows: slice, part: Mapping[str, np.ndarray]) -> None:
-        """Copy one block's arrays to their rows (the first block allocates the output)."""
-        with self._lock:
-            if not self.arrays:
-                self.arrays.update(
-                    {k: np.empty((self.n, *v.shape[1:]), v.dtype) for k, v in part.items()}
-                )
-        for key, value in part.items():
-            self.arrays[key][rows] = value
-
-
-def _in_blocks(
-    n: int,
-    work: Callable[..., dict[str, np.ndarray]],
-    threads: int,
-    rng: np.random.Generator | None = None,
-) -> dict[str, np.ndarray]:
-    """``work(rows[, child_rng])`` over the fixed :func:`_blocks` of rows, joined over blocks.
-
-    With ``rng``, each block gets its own spawned generator, so the result is the same for any
-    number of threads. numpy releases the GIL in its heavy loops, and the compiled kernels
-    release it, so threads run in parallel. Each block is copied into the output as soon as it
-    is done, while it is still in cache.
-    """
-    blocks, out = _blocks(n, rng), _Joined(n)
-
-    def run(rows: slice, *child: np.random.Generator) -> None:
-        out.put(rows, work(rows, *child))
-
-    if threads == 1 or len(blocks) == 1:
-        for block in blocks:
-            run(*block)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda block: run(*block), blocks))
-    return out.arrays
-
-
 def generate_channels(
     n: int, cfg: HcalSimConfig, rng: np.random.Generator, threads: int | None = None
 ) -> HcalChannels:
@@ -696,7 +385,7 @@ def generate_channels(
     def work(rows: slice, child: np.random.Generator) -> dict[str, np.ndarray]:
         return _channels(rows.stop - rows.start, cfg, child)
 
-    return HcalChannels(**_in_blocks(n, work, threads or cfg.threads, rng))
+    return HcalChannels(**in_blocks(n, BLOCK, work, threads or cfg.threads, rng))
 
 
 def write_channels(
@@ -741,18 +430,6 @@ def write_channels(
     return path
 
 
-def config_from_options(options: Mapping[str, Any] | None) -> HcalSimConfig:
-    """Validate the recipe's ``simulate`` options; a bad key names itself and the nearest one.
-
-    Example:
-        >>> config_from_options({"pu_mean_maz": 50})
-        Traceback (most recent call last):
-        ...
-        detlearn.errors.DetlearnError: hcal-energy simulate: unknown option 'pu_mean_maz'; did you mean 'pu_mean_max'?
-    """  # noqa: E501
-    return validate_options(HcalSimConfig, options, "hcal-energy simulate")
-
-
 def simulate(
     out_dir: str | Path, events: int, seed: int, options: Mapping[str, Any] | None = None
 ) -> list[Path]:
@@ -779,10 +456,6 @@ def simulate(
         >>> simulate("sim", 500_000, seed=1)   # doctest: +SKIP
         [PosixPath('sim/hcal_0000.root'), PosixPath('sim/hcal_0001.root'), ...]
     """
-    # baselines builds on this module's pulse shape, so it can only be imported once this
-    # module exists.
-    from detlearn.recipes.hcal_energy.baselines import mahi_lite
-
     cfg = config_from_options(options)
     if events < 0:
         raise DetlearnError(f"hcal-energy simulate: number of channels must be >= 0 (got {events})")
@@ -792,30 +465,31 @@ def simulate(
     sizes = [min(per, events - s) for s in range(0, events, per)]
     seeds = np.random.SeedSequence(seed).spawn(len(sizes))
 
-    def fill(out: _Joined, rows: slice, rng: np.random.Generator) -> None:
+    def fill(out: Joined, rows: slice, rng: np.random.Generator) -> None:
         # generate_channels and mahi_lite on one of their blocks: the same channels and fits.
         ch = HcalChannels(**_channels(rows.stop - rows.start, cfg, rng))
         fit = mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg, threads=1)
         out.put(rows, {**ch.branches(), "energy": fit.energy, "eraw": fit.m0})
 
-    def start(i: int) -> tuple[_Joined, list[Future[None]]]:
-        out = _Joined(sizes[i])
-        blocks = _blocks(sizes[i], np.random.default_rng(seeds[i]))
+    def start(i: int) -> tuple[Joined, list[Future[None]]]:
+        out = Joined(sizes[i])
+        blocks = seeded_blocks(sizes[i], BLOCK, np.random.default_rng(seeds[i]))
         return out, [pool.submit(fill, out, *block) for block in blocks]
 
     def write(i: int, branches: dict[str, np.ndarray]) -> Path:
         path = out_dir / f"hcal_{i:04d}.root"
         return write_channels(branches, path, cfg.compression, cfg.compression_level)
 
-    from rich.progress import track
-
     # The blocks of file i + 1 queue behind those of file i, so the threads never wait for a
     # file to be complete; file i is written by another thread meanwhile.
     written: list[Future[Path]] = []
-    with ThreadPoolExecutor(cfg.threads) as pool, ThreadPoolExecutor(1) as writer:
-        steps = range(len(sizes))
+    with (
+        ThreadPoolExecutor(cfg.threads) as pool,
+        ThreadPoolExecutor(1) as writer,
+        progress(len(sizes), "simulating HCAL channels", len(sizes) > 1) as advance,
+    ):
         pending = start(0) if sizes else None
-        for i in steps if len(sizes) <= 1 else track(steps, "simulating HCAL channels"):
+        for i in range(len(sizes)):
             out, filling = pending
             pending = start(i + 1) if i + 1 < len(sizes) else None
             for done in filling:
@@ -823,4 +497,5 @@ def simulate(
             if written:
                 written[-1].result()  # at most three files' channels in memory
             written.append(writer.submit(write, i, out.arrays))
+            advance()
     return [f.result() for f in written]

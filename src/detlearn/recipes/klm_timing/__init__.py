@@ -8,18 +8,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from detlearn.recipes.base import Recipe
 from detlearn.recipes.klm_timing.evaluate import evaluate
 from detlearn.recipes.klm_timing.features import extract
 from detlearn.recipes.klm_timing.simulate import KLMSimConfig, simulate
 
-__all__ = ["DEMO_EVENTS", "DEMO_OVERRIDES", "SIMULATE_OPTIONS", "evaluate", "extract", "simulate"]
+__all__ = ["RECIPE", "evaluate", "extract", "simulate"]
 
-#: Events simulated by ``detlearn demo`` (``make demo``): ~4 M photon rows. The count model
-#: learns from one row per event, so it is the events that set its accuracy.
-DEMO_EVENTS = 12_000
-#: Config overrides of the demo: a fixed epoch budget, so the cosine schedule anneals fully,
-#: over a 1.5 M-photon subset of the training split (the count model sees every event).
-DEMO_OVERRIDES = {"training": {"max_epochs": 20, "max_rows": 1_500_000}}
-
-#: The options of the recipe's ``simulate`` section (``detlearn config show`` lists them).
-SIMULATE_OPTIONS = KLMSimConfig
+RECIPE = Recipe(
+    name="klm-timing",
+    summary="EIC KLM bar: photon arrival-time surrogate p(dt | z, theta, |p|)",
+    simulate=simulate,
+    evaluate=evaluate,
+    extract=extract,
+    config=Path(__file__).with_name("recipe.yaml"),
+    simulate_options=KLMSimConfig,
+    # ~4 M photon rows. The count model learns from one row per event, so it is the events
+    # that set its accuracy.
+    demo_events=12_000,
+    # A fixed epoch budget, so the cosine schedule anneals fully, over a 1.5 M-photon subset
+    # of the training split (the count model sees every event).
+    demo_overrides={"training": {"max_epochs": 20, "max_rows": 1_500_000}},
+)

@@ -17,6 +17,7 @@ c_j = (z_j, θ_j, |p|_j) and simulated delay Δt_j:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ import numpy as np
 
 from detlearn.config import merge_options
 from detlearn.errors import DetlearnError
+from detlearn.evaluation.density import validate_conditional
+from detlearn.evaluation.metrics import wasserstein1, width68
+from detlearn.plots import (
+    plot_binned_overlays,
+    plot_hist_compare,
+    plot_loss,
+    plot_metric_vs_bin,
+    plot_pit,
+)
+from detlearn.recipes.klm_timing.density import log_density
+from detlearn.recipes.klm_timing.simulate import KLMSimConfig, sample_delays, simulate_at
+from detlearn.report import Section, write_report
+from detlearn.runs import Surrogate
 
 __all__ = ["OPTIONS", "REFERENCE_CONTEXTS", "TARGETS", "evaluate"]
 
@@ -58,26 +72,13 @@ def _first_photon(counts: np.ndarray, event: np.ndarray, dt: np.ndarray, k: int)
     return first[counts >= k]
 
 
-def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+def evaluate(
+    run_dir: str | Path, out_dir: str | Path, sections: Sequence[Section] = (), seed: int = 0
+) -> Path:
     """Validate the surrogate in ``run_dir`` against the simulator; returns the report path."""
-    from detlearn.evaluation import width68
-    from detlearn.evaluation.density import validate_conditional
-    from detlearn.evaluation.metrics import wasserstein1
-    from detlearn.recipes.klm_timing.density import log_density
-    from detlearn.recipes.klm_timing.simulate import KLMSimConfig, sample_delays, simulate_at
-    from detlearn.report import (
-        plot_binned_overlays,
-        plot_hist_compare,
-        plot_loss,
-        plot_metric_vs_bin,
-        plot_pit,
-        write_report,
-    )
-    from detlearn.run import Surrogate, load_run_split
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     surrogate = Surrogate.load(run_dir, recipe="klm-timing")
-    config: dict[str, Any] = surrogate.info["config"]
+    config: dict[str, Any] = surrogate.info.config.model_dump(mode="json")
     sim_cfg = KLMSimConfig.model_validate(config.get("simulate") or {})
     names = surrogate.context_names
     if names != ["z", "theta", "p"] or surrogate.target_names != ["dt"]:
@@ -86,12 +87,12 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     max_rows = int(config["evaluation"]["max_rows"])
     k_min = int(options["min_photons"])
 
-    test = load_run_split(surrogate.info, ["z", "theta", "p", "dt", "photon"], "test")
+    test = surrogate.info.load_split(["z", "theta", "p", "dt", "photon"], "test")
     rows = np.flatnonzero(test["photon"] > 0)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(rows, min(max_rows, len(rows)), replace=False))
     if len(rows) == 0:
-        raise DetlearnError(f"{surrogate.info['dataset']}: the test split has no photon rows")
+        raise DetlearnError(f"{surrogate.info.dataset}: the test split has no photon rows")
     ctx = np.stack([test[k][rows] for k in names], axis=1)
     dt_sim = test["dt"][rows]
 
@@ -101,8 +102,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     log_p = log_density(dt_sim, ctx[:, 0], ctx[:, 1], ctx[:, 2], sim_cfg)
     log_q = surrogate.log_prob(dt_sim, ctx)
 
-    lo = [c["min"] for c in surrogate.info["context"]]
-    hi = [c["max"] for c in surrogate.info["context"]]
+    lo, hi = (list(v) for v in surrogate.info.context_range())
     bins = {
         n: np.linspace(a, b, k + 1) for n, a, b, k in zip(names, lo, hi, (10, 4, 3), strict=True)
     }
@@ -117,7 +117,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         pit=pit,
         log_p_true=log_p,
         log_q_model=log_q,
-        lower=surrogate.info["target"][0]["lower"],
+        lower=surrogate.info.target[0].lower,
         seed=seed,
     )
 
@@ -222,4 +222,5 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         ],
         figures=figures,
         targets=TARGETS,
+        sections=sections,
     )

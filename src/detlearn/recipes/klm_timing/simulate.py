@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -70,9 +69,11 @@ import numpy as np
 import uproot
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detlearn._blocks import map_threads, seeded_blocks
+from detlearn._files import atomic_path
+from detlearn._progress import track
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_path
 
 __all__ = [
     "C_MM_PER_NS",
@@ -549,27 +550,19 @@ def _gun(n: int, cfg: KLMSimConfig, rng: np.random.Generator) -> dict[str, np.nd
     return {"z": z, "theta": theta, "p": p}
 
 
-def _in_blocks(
+def _concatenated(
     n: int,
     block: int,
     work: Callable[[slice, np.random.Generator], dict[str, np.ndarray]],
     rng: np.random.Generator,
     threads: int,
 ) -> dict[str, np.ndarray]:
-    """``work(rows, child_rng)`` over fixed blocks of rows, each with its own spawned generator;
-    the arrays it returns, concatenated over blocks.
-
-    The blocks and their generators depend only on ``n``, ``block`` and ``rng``, so the result is
-    the same for any number of threads; numpy releases the GIL in the heavy loops (the final
-    concatenation too, which runs one array per thread).
-    """
-    slices = [slice(i, min(i + block, n)) for i in range(0, n, block)] or [slice(0, 0)]
-    children = rng.spawn(len(slices))
-    with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(work, slices, children))
-        keys = list(parts[0])
-        joined = pool.map(lambda key: np.concatenate([part[key] for part in parts]), keys)
-        return dict(zip(keys, joined, strict=True))
+    """``work(rows, child_rng)`` over the seeded blocks of ``n`` rows; the arrays it returns
+    (of any length: photons of a block of events), concatenated over blocks."""
+    parts = map_threads(lambda b: work(*b), seeded_blocks(n, block, rng), threads)
+    keys = list(parts[0])
+    joined = map_threads(lambda key: np.concatenate([part[key] for part in parts]), keys, threads)
+    return dict(zip(keys, joined, strict=True))
 
 
 def simulate_events(
@@ -638,7 +631,7 @@ def simulate_at(
         out["n"] = np.bincount(local, minlength=rows.stop - rows.start)
         return out
 
-    ph = _in_blocks(n_events, _BLOCK_EVENTS, work, rng, threads or cfg.threads)
+    ph = _concatenated(n_events, _BLOCK_EVENTS, work, rng, threads or cfg.threads)
     return KLMEvents(
         vertex_x=np.full(n_events, cfg.gun_x),
         vertex_y=np.zeros(n_events),
@@ -710,7 +703,7 @@ def sample_delays(
             todo = np.delete(todo, done)
         raise DetlearnError("sample_delays: photon detection probability too small to sample")
 
-    return _in_blocks(len(z), 1 << 16, work, rng, threads or cfg.threads)["dt"]
+    return _concatenated(len(z), 1 << 16, work, rng, threads or cfg.threads)["dt"]
 
 
 def _broadcast_float(*arrays: np.ndarray | float) -> list[np.ndarray]:
@@ -844,8 +837,4 @@ def simulate(
         batch = simulate_events(sizes[i], cfg, np.random.default_rng(seeds[i]))
         return write_edm4hep(batch, out_dir / f"klm_{i:04d}.edm4hep.root", cfg)
 
-    if len(sizes) <= 1:
-        return [one(i) for i in range(len(sizes))]
-    from rich.progress import track
-
-    return [one(i) for i in track(range(len(sizes)), "simulating KLM events", transient=True)]
+    return [one(i) for i in track(range(len(sizes)), "simulating KLM events")]

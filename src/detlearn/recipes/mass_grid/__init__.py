@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from detlearn.recipes.base import Recipe
 from detlearn.recipes.mass_grid.density import (
     MassGridConfig,
     acceptance,
@@ -34,8 +37,7 @@ from detlearn.recipes.mass_grid.simulate import (
 )
 
 __all__ = [
-    "DEMO_EVENTS",
-    "SIMULATE_OPTIONS",
+    "RECIPE",
     "MassGridConfig",
     "MassGridEvents",
     "acceptance",
@@ -50,9 +52,14 @@ __all__ = [
     "write_events",
 ]
 
-#: Generated events per grid point for ``detlearn demo``: FEDHEX's 10 000. About 8 % pass the
-#: selection at high m_Φ, ~1 % at 100 GeV: ~67 000 rows on the default 10 × 10 grid.
-DEMO_EVENTS = 10_000
-
-#: The options of the recipe's ``simulate`` section (``detlearn config show`` lists them).
-SIMULATE_OPTIONS = MassGridConfig
+RECIPE = Recipe(
+    name="mass-grid",
+    summary="FEDHEX mass-grid interpolation: p(m_phi, m_omega reco | generated masses)",
+    simulate=simulate,
+    evaluate=evaluate,
+    config=Path(__file__).with_name("recipe.yaml"),
+    simulate_options=MassGridConfig,
+    # Generated events per grid point: FEDHEX's 10 000. About 8 % pass the selection at high
+    # m_Φ, ~1 % at 100 GeV: ~67 000 rows on the default 10 × 10 grid.
+    demo_events=10_000,
+)

@@ -58,6 +58,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import betaln, log_ndtr, logsumexp, ndtri_exp, xlog1py, xlogy
 
 __all__ = [
+    "CONTEXT",
+    "TARGET",
     "MassGridConfig",
     "acceptance",
     "core_parameters",
@@ -68,6 +70,10 @@ __all__ = [
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+#: Context (generated masses) and target (reconstructed masses) columns of the recipe [GeV].
+CONTEXT = ("label_phi", "label_omega")
+TARGET = ("phi", "omega")
 
 
 class _Strict(BaseModel):

@@ -37,19 +37,35 @@ Example:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import stdtrit
 
 from detlearn.config import merge_options
 from detlearn.data.holdout import holdout_mask
 from detlearn.errors import DetlearnError
+from detlearn.evaluation.floors import floor_z, statistical_floor
 from detlearn.evaluation.metrics import Score, energy_distance, kl_from_exact, width68
-from detlearn.recipes.mass_grid.density import MassGridConfig, grid_points, log_density, sample_reco
+from detlearn.plots.loss import plot_loss
+from detlearn.recipes.mass_grid.density import (
+    CONTEXT,
+    TARGET,
+    MassGridConfig,
+    grid_points,
+    log_density,
+    sample_reco,
+)
+from detlearn.recipes.mass_grid.plots import (
+    PointSamples,
+    plot_error_maps,
+    plot_fedhex_panels,
+    plot_marginals,
+)
+from detlearn.recipes.mass_grid.simulate import config_from_options
+from detlearn.report import Section, write_report
+from detlearn.runs import RunInfo, Surrogate
 
 __all__ = [
     "CONTEXT",
@@ -60,15 +76,10 @@ __all__ = [
     "PointSamples",
     "compare_at_label",
     "evaluate",
-    "floor_z",
     "heldout_labels",
-    "statistical_floor",
     "train_rows_at",
 ]
 
-#: Context (generated masses) and target (reconstructed masses) columns of the recipe [GeV].
-CONTEXT = ("label_phi", "label_omega")
-TARGET = ("phi", "omega")
 #: Quantiles whose relative errors are reported.
 QUANTILES = (0.05, 0.16, 0.5, 0.84, 0.95)
 #: Defaults of ``evaluation.options``: draws per label and per sample, the tolerance on the
@@ -83,49 +94,8 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 
-@dataclass(frozen=True)
-class PointSamples:
-    """The three samples at one label, each ``(n, 2)`` (m_Φ,reco, m_ω,reco) [GeV]."""
-
-    label: np.ndarray
-    model: np.ndarray
-    sim: np.ndarray
-    sim2: np.ndarray
-
-
 def _rel(value: float, reference: float) -> float:
     return (value - reference) / abs(reference)
-
-
-def floor_z(checks: int, resamples: int, coverage: float = 0.95) -> float:
-    """The floor's z: a two-sided interval covering ``checks`` checks at once with probability
-    ``coverage`` (Bonferroni), each a difference over its standard deviation estimated from
-    ``resamples`` bootstrap samples (Student's t, ``resamples`` − 1 degrees of freedom).
-
-    Example:
-        >>> round(floor_z(1, 20), 2), round(floor_z(64, 20), 2), round(floor_z(64, 10**6), 2)
-        (2.09, 3.99, 3.36)
-    """
-    p = 1.0 - (1.0 - coverage) / (2 * max(checks, 1))
-    return float(stdtrit(max(resamples - 1, 1), p))
-
-
-def statistical_floor(
-    x: np.ndarray,
-    stat: Any,
-    resamples: int,
-    rng: np.random.Generator,
-    size: int | None = None,
-    z: float = 2.0,
-) -> float:
-    """z √2 σ_boot / |stat(x)|: the spread of the relative difference of two samples of
-    ``len(x)`` (sim vs sim; z = 2: 95 %); with ``size``, z σ_boot / |stat(x)| of one sample of
-    ``size`` drawn from x. σ_boot: the standard deviation of ``stat`` over ``resamples``
-    bootstrap samples."""
-    m = len(x) if size is None else size
-    boot = [stat(x[rng.integers(0, len(x), m)]) for _ in range(resamples)]
-    factor = z * math.sqrt(2.0) if size is None else z
-    return factor * float(np.std(boot, ddof=1)) / abs(stat(x))
 
 
 def compare_at_label(
@@ -213,13 +183,13 @@ def compare_at_label(
     return row, q_rows, samples
 
 
-def heldout_labels(info: dict[str, Any], sim_cfg: MassGridConfig) -> np.ndarray:
+def heldout_labels(info: RunInfo, sim_cfg: MassGridConfig) -> np.ndarray:
     """The held-out labels [P, 2] (m_Φ, m_ω) [GeV] of a run, from its ``run.json`` info.
 
     A holdout on both context columns gives its points; a holdout on one column (a whole row
     of the grid) is expanded over the simulator's grid.
     """
-    holdout = info.get("holdout")
+    holdout = info.holdout
     if not holdout:
         raise DetlearnError(
             "the run was trained without split.holdout: no held-out grid points to evaluate "
@@ -237,24 +207,21 @@ def heldout_labels(info: dict[str, Any], sim_cfg: MassGridConfig) -> np.ndarray:
     return labels
 
 
-def train_rows_at(info: dict[str, Any], labels: np.ndarray) -> list[int | None]:
+def train_rows_at(info: RunInfo, labels: np.ndarray) -> list[int | None]:
     """Rows of the run's training split at each label (held out from training), or None per
     label when the run's dataset is no longer readable."""
-    from detlearn.run import load_run_split
-
     try:
-        part = load_run_split(info, list(CONTEXT), "train")
+        part = info.load_split(list(CONTEXT), "train")
     except (DetlearnError, OSError, KeyError):
         return [None] * len(labels)
     rows = np.stack([part[k] for k in CONTEXT], 1)
-    rtol = info.get("holdout", {}).get("rtol", 1e-6)
+    rtol = (info.holdout or {}).get("rtol", 1e-6)
     return [int(holdout_mask(rows, label[None, :], rtol).sum()) for label in labels]
 
 
-def _interior(labels: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+def _interior(labels: np.ndarray, info: RunInfo) -> np.ndarray:
     """Labels strictly inside the training range of every context column (interpolation)."""
-    lo = np.array([c["min"] for c in info["context"]])
-    hi = np.array([c["max"] for c in info["context"]])
+    lo, hi = info.context_range()
     return np.all((labels > lo) & (labels < hi), axis=1)
 
 
@@ -262,7 +229,9 @@ def _tag(label: np.ndarray) -> str:
     return f"mPhi={label[0]:g} GeV, mOmega={label[1]:g} GeV"
 
 
-def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+def evaluate(
+    run_dir: str | Path, out_dir: str | Path, sections: Sequence[Section] = (), seed: int = 0
+) -> Path:
     """Validate the surrogate in ``run_dir`` at its held-out labels; returns the report path.
 
     ``evaluation.options`` of the run's config may set ``samples``, ``tolerance``,
@@ -271,11 +240,6 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     inside the training range of both masses); a held-out label on the edge of the grid is an
     extrapolation, reported in the tables but not judged, unless no label is interior.
     """
-    from detlearn.recipes.mass_grid.plots import plot_error_maps, plot_fedhex_panels, plot_marginals
-    from detlearn.recipes.mass_grid.simulate import config_from_options
-    from detlearn.report import plot_loss, write_report
-    from detlearn.run import Surrogate
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     surrogate = Surrogate.load(run_dir, recipe="mass-grid")
     if tuple(surrogate.context_names) != CONTEXT or tuple(surrogate.target_names) != TARGET:
@@ -283,7 +247,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
             f"{run_dir}: expected context {list(CONTEXT)} and target {list(TARGET)} "
             f"(got {surrogate.context_names} and {surrogate.target_names})"
         )
-    config: dict[str, Any] = surrogate.info["config"]
+    config: dict[str, Any] = surrogate.info.config.model_dump(mode="json")
     sim_cfg = config_from_options(config.get("simulate"))
     options = merge_options(OPTIONS, config["evaluation"]["options"], "evaluation.options")
     n, tol = int(options["samples"]), float(options["tolerance"])
@@ -383,7 +347,7 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     metrics["heldout_points"] = len(rows)
     metrics["interior_points"] = int(interior.sum())
     # Grid labels left out of training for too few rows (split.min_label_rows).
-    sparse = surrogate.info.get("sparse_labels") or {}
+    sparse = surrogate.info.sparse_labels or {}
     metrics["labels_left_out"] = len(sparse.get("labels", []))
     metrics["samples_per_point"] = n
     return write_report(
@@ -396,4 +360,5 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
         ],
         figures=figures,
         targets=TARGETS,
+        sections=sections,
     )

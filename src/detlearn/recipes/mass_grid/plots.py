@@ -6,6 +6,7 @@ sample (sim2) beside the model, as the reference for how much two simulations di
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,26 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from detlearn.recipes.mass_grid.evaluate import CONTEXT, TARGET, PointSamples
-from detlearn.report import _compare_panel, _label, _ratio_axes, _ratio_grid, _save, _styled
+from detlearn.plots.style import compare_panel, exp_label, ratio_axes, ratio_grid, save, styled
+from detlearn.recipes.mass_grid.density import CONTEXT, TARGET
 
-__all__ = ["plot_error_maps", "plot_fedhex_panels", "plot_marginals"]
+__all__ = ["PointSamples", "plot_error_maps", "plot_fedhex_panels", "plot_marginals"]
 
 _MAP_COLUMNS = [f"{s}_{f}" for s in ("mean", "width") for f in TARGET]
 _FEATURE_LABEL = {"phi": r"$m_{\Phi}^{reco}$", "omega": r"$m_{\omega}^{reco}$"}
 
 
-@_styled
+@dataclass(frozen=True)
+class PointSamples:
+    """The three samples at one label, each ``(n, 2)`` (m_Φ,reco, m_ω,reco) [GeV]."""
+
+    label: np.ndarray
+    model: np.ndarray
+    sim: np.ndarray
+    sim2: np.ndarray
+
+
+@styled
 def plot_error_maps(
     rows: list[dict[str, Any]], grid: np.ndarray, tolerance: float, path: Path
 ) -> Path:
@@ -63,8 +74,8 @@ def plot_error_maps(
             ax.set_xlabel(r"$m_{\Phi}$ [GeV]")
             ax.set_ylabel(r"$m_{\omega}$ [GeV]")
             fig.colorbar(art, ax=ax)
-    _label(axes[0, 0])
-    return _save(fig, path)
+    exp_label(axes[0, 0])
+    return save(fig, path)
 
 
 def _edges(samples: PointSamples, bins: int) -> list[np.ndarray]:
@@ -81,7 +92,7 @@ def _pulls(a: np.ndarray, b: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
         return np.where(na + nb >= 10, (nb - na) / np.sqrt(na + nb), np.nan)
 
 
-@_styled
+@styled
 def plot_fedhex_panels(samples: PointSamples, path: Path, bins: int = 50) -> Path:
     """FEDHEX-style panels at one label: generated, simulated, sim2; overlay and binned pulls."""
     edges = _edges(samples, bins)
@@ -122,20 +133,20 @@ def plot_fedhex_panels(samples: PointSamples, path: Path, bins: int = 50) -> Pat
     for ax in axes.ravel():
         ax.set_xlabel(r"$m_{\Phi}^{reco}$ [GeV]")
         ax.set_ylabel(r"$m_{\omega}^{reco}$ [GeV]")
-    _label(axes[0, 0])
-    return _save(fig, path)
+    exp_label(axes[0, 0])
+    return save(fig, path)
 
 
-@_styled
+@styled
 def plot_marginals(samples: PointSamples, path: Path, bins: int = 60) -> Path:
     """Marginal histograms of sim, model and sim2 with ratios to sim, one panel per feature."""
     edges = _edges(samples, bins)
     fig = Figure(figsize=(12.0, 5.5))
-    grid = _ratio_grid(fig, 1, 2)
+    grid = ratio_grid(fig, 1, 2)
     for j, f in enumerate(TARGET):
-        ax, rax = _ratio_axes(fig, grid[0, j])
+        ax, rax = ratio_axes(fig, grid[0, j])
         s = (samples.sim[:, j], samples.model[:, j], samples.sim2[:, j])
-        _compare_panel(ax, rax, edges[j], s, ("sim", "model", "sim2"), f"{_FEATURE_LABEL[f]} [GeV]")
+        compare_panel(ax, rax, edges[j], s, ("sim", "model", "sim2"), f"{_FEATURE_LABEL[f]} [GeV]")
         if j == 0:
-            _label(ax)
-    return _save(fig, path)
+            exp_label(ax)
+    return save(fig, path)

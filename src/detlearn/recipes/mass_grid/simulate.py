@@ -42,9 +42,10 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from detlearn._files import atomic_path
+from detlearn._progress import track
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import atomic_path
 from detlearn.recipes.mass_grid.density import MassGridConfig, acceptance, grid_points, sample_reco
 
 __all__ = ["MassGridEvents", "config_from_options", "simulate", "simulate_point", "write_events"]
@@ -179,8 +180,4 @@ def simulate(
         batch = simulate_point(labels[i], events, cfg, np.random.default_rng(seeds[i]))
         return write_events(batch, out_dir / f"grid_{i:03d}.root")
 
-    if len(labels) == 1:
-        return [one(0)]
-    from rich.progress import track
-
-    return [one(i) for i in track(range(len(labels)), "simulating the mass grid", transient=True)]
+    return [one(i) for i in track(range(len(labels)), "simulating the mass grid")]

@@ -1,0 +1,81 @@
+"""The threading policy: threads from the CPUs this process may really use, waiting passively.
+
+torch and numba run OpenMP thread pools whose threads spin while they wait for each other. On a
+shared machine (a login node, a CI runner, a batch slot beside another job) a spinning thread
+that has lost its core makes the others wait for it, and the work collapses far below the CPU
+share it still has (measured: 4.4x slower for 2x less CPU, 41x beside another training). So,
+before torch or numba start their pools, :func:`apply` sets
+
+- ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning;
+- ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``NUMBA_NUM_THREADS``: the CPUs the process may
+  use (:func:`usable_cpus`: its affinity mask, bounded by a cgroup CPU quota, as SLURM and
+  containers set them), not ``os.cpu_count()``.
+
+A variable the user has set wins, and a user's ``OMP_NUM_THREADS`` sets the other two as well.
+``detlearn``'s top-level import applies it, so the CLI and any ``import detlearn.<module>`` run
+under it; a user who imported torch first keeps torch's own pool size, which :func:`apply` then
+lowers with ``torch.set_num_threads`` only if it exceeds the usable CPUs and
+``OMP_NUM_THREADS`` was not set.
+
+Example:
+    >>> usable_cpus() >= 1
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["THREAD_VARIABLES", "apply", "usable_cpus"]
+
+#: The thread-count variables :func:`apply` fills in when unset.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+def _cgroup_quota(root: Path = _CGROUP) -> float | None:
+    """CPUs allowed by a cgroup CPU quota (v2 ``cpu.max``, or v1 ``cfs_quota_us``), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(cgroup: Path = _CGROUP) -> int:
+    """The CPUs this process may use: its affinity mask, bounded by a cgroup CPU quota
+    (rounded up: a 1.5-CPU quota runs two threads at 75 %)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def apply() -> None:
+    """Set the threading policy (module docstring) for this process and the processes it
+    starts."""
+    cpus = usable_cpus()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    explicit = "OMP_NUM_THREADS" in os.environ
+    # A user's OMP_NUM_THREADS speaks for the other pools too (torch reads MKL_NUM_THREADS
+    # before it).
+    user = os.environ.get("OMP_NUM_THREADS", "")
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, user if user.isdigit() else str(cpus))
+    torch = sys.modules.get("torch")
+    if torch is not None and not explicit and torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)

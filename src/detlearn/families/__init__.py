@@ -1,0 +1,73 @@
+"""Model families: the registry that ``train``, ``load``, ``export`` and ``evaluate`` use.
+
+Each family module defines one :class:`~detlearn.families.base.Family` record; :data:`FAMILIES`
+lists them, and is the only place that does. A new family is one module and one entry here;
+the callers below dispatch through the record.
+
+- :mod:`.flow`: conditional normalizing flows (fast-simulation surrogates);
+- :mod:`.regressor`: dense regressors.
+
+Example:
+    >>> run_dir = train(cfg, "dataset/", "runs/klm")       # doctest: +SKIP
+    >>> surrogate = load_run("runs/klm")                   # doctest: +SKIP
+    >>> sidecar = export_run("runs/klm")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from detlearn.config import RunConfig
+from detlearn.errors import DetlearnError
+from detlearn.families.base import Family
+from detlearn.families.flow import FLOW
+from detlearn.families.regressor import REGRESSOR
+from detlearn.runs.artifact import read_run_info
+from detlearn.runs.training_data import open_training_data
+
+__all__ = ["FAMILIES", "Family", "export_run", "get_family", "load_run", "train"]
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (FLOW, REGRESSOR)}
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; an unknown name lists the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise DetlearnError(
+            f"model.family '{name}' is not trainable by this version of detlearn "
+            f"(known families: {', '.join(sorted(FAMILIES))})"
+        ) from None
+
+
+def train(
+    cfg: RunConfig,
+    dataset: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train the model of ``cfg`` (its ``model.family``) on a prepared dataset; returns the run
+    directory. See each family's ``train`` for what it fits."""
+    family = get_family(cfg.model.family)
+    data = open_training_data(cfg, dataset, balance_ok=family.balances_labels)
+    return family.train(cfg, data, Path(out), resume, progress)
+
+
+def load_run(run_dir: str | Path, recipe: str | None = None) -> Any:
+    """The trained run in ``run_dir`` as its family's handle (a ``Surrogate``, a
+    ``Regression``...), checked for ``recipe`` when given."""
+    return get_family(read_run_info(run_dir, recipe).family).load(run_dir, recipe)
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path | None = None, rows: int = 4096, seed: int = 0
+) -> dict[str, Any]:
+    """Export a run's model to ONNX with its sidecar (into ``out``, default ``run_dir/export``),
+    checked with onnxruntime on ``rows`` held-out inputs; returns the sidecar contents."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    return get_family(read_run_info(run_dir).family).export(run_dir, out, rows, seed)

@@ -1,0 +1,85 @@
+"""The regressor family: one target from its inputs (a calibrated energy, say).
+
+Its generic evaluation scores the predictions on the held-out test split of the run's own data:
+RMSE and bias overall, and the trimmed bias and spread of (prediction − target) in quantile bins
+of the target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from detlearn.errors import DetlearnError
+from detlearn.evaluation.regression import bin_stats
+from detlearn.export.regressor import export_regressor
+from detlearn.families.base import Family
+from detlearn.plots.compare import plot_hist_compare
+from detlearn.report import Section
+from detlearn.runs.regression import Regression, train_regressor
+
+__all__ = ["REGRESSOR", "evaluate_regressor"]
+
+#: Quantile bins of the target in the generic evaluation.
+BINS = 5
+
+
+def evaluate_regressor(run_dir: Path, out_dir: Path, seed: int = 0) -> Section:
+    """The regressor's generic metrics on the test split of its own data (module docstring);
+    ``seed`` is unused (nothing is drawn)."""
+    reg = Regression.load(run_dir)
+    info = reg.info
+    target = reg.target_name
+    test = info.load_split(
+        [*reg.input_names, target], "test", max_rows=info.config.evaluation.max_rows
+    )
+    y = test[target].astype(np.float64)
+    if len(y) < 2 * BINS:
+        raise DetlearnError(f"{info.dataset}: the test split has {len(y)} rows; prepare more")
+    pred = reg.predict(test).astype(np.float64)
+    unit = info.target[0].unit or ""
+    residual = pred - y
+    edges = np.quantile(y, np.linspace(0, 1, BINS + 1))
+    index = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, BINS - 1)
+    rows = []
+    for k in range(BINS):
+        sel = index == k
+        centre = float(np.mean(y[sel]))
+        stats = bin_stats(pred[sel], y[sel], centre) if sel.sum() >= 2 else {}
+        rows.append(
+            {
+                f"{target} bin [{unit}]": f"[{edges[k]:.4g}, {edges[k + 1]:.4g}]",
+                "n": int(sel.sum()),
+                f"mean {target}": centre,
+                "bias (trimmed)": stats.get("mu"),
+                "spread (trimmed)": stats.get("sigma"),
+            }
+        )
+    path = out_dir / "figures" / f"prediction_{target}.png"
+    label = f"{target} [{unit}]" if unit else target
+    return Section(
+        "Generic regressor metrics on the run's own test split",
+        {
+            "test_rmse": float(np.sqrt(np.mean(residual**2))),
+            "test_bias": float(np.mean(residual)),
+            "test_rows": float(len(y)),
+        },
+        tables=[(f"prediction − {target} in quantile bins of {target} (2–98 % trimmed)", rows)],
+        figures=[
+            (
+                f"{target}: test targets and predictions",
+                plot_hist_compare(y, pred, ("test target", "prediction"), path, xlabel=label),
+            )
+        ],
+    )
+
+
+REGRESSOR = Family(
+    name="regressor",
+    summary="dense regressor of one target from its inputs",
+    train=train_regressor,
+    load=Regression.load,
+    export=export_regressor,
+    evaluate=evaluate_regressor,
+)

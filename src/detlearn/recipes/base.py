@@ -1,0 +1,78 @@
+"""The :class:`Recipe` record: what a workflow's physics brings to the core.
+
+A recipe is plain data: its functions are attributes, so nothing is looked up by name. Each
+recipe package defines one ``RECIPE`` and :mod:`detlearn.recipes` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from detlearn.config import read_yaml
+from detlearn.io.sources import Chunk
+from detlearn.report import Section
+
+__all__ = ["Evaluate", "Extract", "Recipe", "Simulate"]
+
+
+class Simulate(Protocol):
+    """``simulate(out_dir, events, seed, options) -> files``: ROOT files in the real layout."""
+
+    def __call__(
+        self, out_dir: str | Path, events: int, seed: int, options: Mapping[str, Any] | None
+    ) -> list[Path]: ...
+
+
+class Evaluate(Protocol):
+    """``evaluate(run_dir, out_dir, sections, seed) -> report.html``: the recipe's validation
+    suite against its simulator, with the family's generic ``sections`` after its own."""
+
+    def __call__(
+        self,
+        run_dir: str | Path,
+        out_dir: str | Path,
+        sections: Sequence[Section] = (),
+        seed: int = 0,
+    ) -> Path: ...
+
+
+#: ``extract(chunk, data) -> columns``: the rows of one work item (a file's entry range).
+Extract = Callable[[Chunk, Any], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A workflow's physics.
+
+    Attributes:
+        name: the recipe's name in configs and on the command line.
+        summary: one line for ``detlearn recipes``.
+        simulate: the built-in simulator.
+        evaluate: the validation suite against the simulator.
+        config: the recipe's default run config (``recipe.yaml``).
+        simulate_options: the pydantic model of the config's ``simulate`` section.
+        demo_events: events ``detlearn demo`` simulates.
+        extract: the extractor of ``data.extractor: <name>``; None: the config's branch
+            expressions do it.
+        demo_overrides: config overrides of the demo.
+    """
+
+    name: str
+    summary: str
+    simulate: Simulate
+    evaluate: Evaluate
+    config: Path
+    simulate_options: type[BaseModel]
+    demo_events: int
+    extract: Extract | None = None
+    demo_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def default_config(self) -> dict[str, Any]:
+        """The recipe's default run config (its ``recipe.yaml``) as a dict."""
+        return read_yaml(self.config) or {}
