@@ -30,7 +30,7 @@ from detlearn._files import atomic_write_json
 from detlearn._progress import progress as show_progress
 from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError
-from detlearn.io.dataset import MANIFEST, read_shard_record, write_shard
+from detlearn.io.dataset import MANIFEST, column_dtype, read_shard_record, write_shard
 from detlearn.io.expressions import ColumnSet
 from detlearn.io.sources import Chunk, WorkItem, plan_work_items, resolve_sources
 from detlearn.parallel import executor, prestart
@@ -120,16 +120,29 @@ def resolve_extractor(name: str | None) -> Extractor:
     return extract
 
 
+def _finite_rows(col: Any) -> np.ndarray | None:
+    """Per row: every value of the row is finite; None for a column that is not floating."""
+    if isinstance(col, ak.Array):
+        flat = ak.to_numpy(ak.flatten(col, axis=None))
+        if not np.issubdtype(flat.dtype, np.floating):
+            return None
+        return ak.to_numpy(ak.all(np.isfinite(col), axis=-1))
+    if not np.issubdtype(col.dtype, np.floating):
+        return None
+    finite = np.isfinite(col)
+    return finite.reshape(len(col), -1).all(axis=1) if col.ndim > 1 else finite
+
+
 def _drop_nonfinite(
-    values: dict[str, np.ndarray], data: DataConfig, where: str
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    values: dict[str, Any], data: DataConfig, where: str
+) -> tuple[dict[str, Any], dict[str, int]]:
     counts: dict[str, int] = {}
     keep: np.ndarray | None = None
     for name, col in values.items():
-        if not np.issubdtype(col.dtype, np.floating):
+        finite = _finite_rows(col)
+        if finite is None:
             continue
-        finite = np.isfinite(col)
-        bad = int(col.size - np.count_nonzero(finite))
+        bad = int(len(finite) - np.count_nonzero(finite))
         if bad:
             if data.on_nonfinite == "error":
                 raise DetlearnError(
@@ -167,7 +180,7 @@ def process_item(
         "checksum": checksum,
         "config_hash": chash,
         "nonfinite_dropped": nonfinite,
-        "dtypes": {k: str(v.dtype) for k, v in values.items()},
+        "dtypes": {k: column_dtype(v) for k, v in values.items()},
     }
     atomic_write_json(shard.with_suffix(".done.json"), record)
     return record

@@ -4,6 +4,11 @@
   distance, classifier AUC), density scores (KL from exact densities, PIT calibration), and
   :class:`Score`, a value beside its simulation-vs-simulation baseline.
 - ``density``: binned validation of a conditional density p(t | c) in context bins.
+- ``floors``: how far two samples of the same size differ by chance (bootstrap floors).
+- ``regression``: response and resolution per bin (FACILE's definitions), σ_eff.
+- ``classification``: ROC, AUC with a bootstrap interval, working points at fixed background
+  efficiency (refused where the test set cannot resolve them).
+- ``latency``: time per row against batch size.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ Layout of a dataset directory::
     shards/<key>.parquet           one per work item, written atomically
     shards/<key>.done.json         the shard's record; present only once the shard is complete
 
+Columns are flat (one number per row: the fast path, a photon per row), variable-length lists
+(an event's hits, one event per row: awkward arrays in, arrow list columns on disk, awkward
+arrays out) or fixed-size tensors (an image per event: numpy ``[rows, *shape]`` in and out,
+arrow fixed-size lists on disk). :meth:`Dataset.batches` reads them a batch at a time.
+
 The split of a row is decided by ``_group``, a uint64 hash of the shard's source file name and
 the row's group id (the manifest's ``group_column``), so rows of one event never straddle train
 and test. It is not stored: :meth:`Dataset.load` computes it from the group column, which every
@@ -16,11 +21,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +39,7 @@ from detlearn.io.splits import group_hash, split_mask
 __all__ = [
     "GROUP_COLUMN",
     "Dataset",
+    "column_dtype",
     "read_shard_record",
     "write_shard",
 ]
@@ -42,9 +49,32 @@ _CHECKSUM = re.compile(r"xxh3:[0-9a-f]{16}")
 MANIFEST = "manifest.json"
 
 
-def write_shard(columns: dict[str, np.ndarray], path: Path) -> str:
-    """Write one shard atomically; returns its checksum (see :func:`file_checksum`)."""
-    table = pa.table({name: pa.array(values) for name, values in columns.items()})
+def column_dtype(values: Any) -> str:
+    """How a column is described in the manifest: ``float32``, ``float32[3,20,20]`` (a
+    fixed-size tensor per row) or ``list<float32>`` (a variable-length list per row)."""
+    if isinstance(values, ak.Array):
+        inner = ak.flatten(values, axis=None)
+        return f"list<{ak.to_numpy(inner).dtype if len(inner) else values.layout.form.type}>"
+    if values.ndim > 1:
+        return f"{values.dtype}[{','.join(str(n) for n in values.shape[1:])}]"
+    return str(values.dtype)
+
+
+def _arrow(values: Any) -> pa.Array:
+    if isinstance(values, ak.Array):
+        return ak.to_arrow(values, extensionarray=False)
+    if values.ndim > 1:
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
+    return pa.array(values)
+
+
+def write_shard(columns: dict[str, Any], path: Path) -> str:
+    """Write one shard atomically; returns its checksum (see :func:`file_checksum`).
+
+    ``columns``: numpy arrays (flat or ``[rows, *shape]``) or awkward lists, one row each.
+    """
+    table = pa.table({name: _arrow(values) for name, values in columns.items()})
     with atomic_path(path) as tmp:
         # No dictionary encoding: physics columns (floats, event ids) are nearly all distinct,
         # and building the dictionary took most of the write time (measured). lz4 keeps writing
@@ -178,7 +208,7 @@ class Dataset:
         table = pa.concat_tables(tables)
         groups = np.concatenate(hashes) if groups_needed else None
         out = {
-            name: groups if name == GROUP_COLUMN else table.column(name).to_numpy()
+            name: groups if name == GROUP_COLUMN else self._values(name, table.column(name))
             for name in wanted
         }
         if groups is not None and split is not None:
@@ -187,6 +217,33 @@ class Dataset:
         if max_rows is not None:
             out = {k: v[:max_rows] for k, v in out.items()}
         return out
+
+    def batches(
+        self,
+        columns: Sequence[str],
+        split: str | None = None,
+        batch_rows: int = 65536,
+        fractions: Mapping[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The rows of ``columns`` (optionally one split) in batches of at most ``batch_rows``,
+        one shard read at a time, so per-event lists never all sit in memory at once."""
+        for shard in self.manifest["shards"]:
+            part = Dataset(self.root, {**self.manifest, "shards": [shard]})
+            rows = part.load(columns, split, None, fractions)
+            n = len(rows[columns[0]])
+            for start in range(0, n, batch_rows):
+                yield {k: rows[k][start : start + batch_rows] for k in columns}
+
+    def _values(self, name: str, column: pa.ChunkedArray) -> Any:
+        """A column as numpy (flat, or ``[rows, *shape]`` for a tensor) or awkward (lists)."""
+        dtype = self.columns[name]["dtype"] if name in self.columns else ""
+        if dtype.startswith("list<"):
+            return ak.from_arrow(column, highlevel=True)
+        if dtype.endswith("]"):
+            shape = tuple(int(n) for n in dtype[dtype.index("[") + 1 : -1].split(","))
+            flat = column.combine_chunks().flatten().to_numpy()
+            return flat.reshape(-1, *shape)
+        return column.to_numpy()
 
     def _read_shard(self, shard: Mapping[str, Any], columns: list[str]) -> pa.Table:
         """One shard's columns, after checking its checksum against the manifest's."""
