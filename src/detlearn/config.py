@@ -27,18 +27,22 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from detlearn.errors import DetlearnError
 
 __all__ = [
+    "ClassifierConfig",
     "ColumnSpec",
     "DataConfig",
     "EvaluationConfig",
     "ExecutorConfig",
     "FlowConfig",
     "HoldoutConfig",
+    "ImageConfig",
+    "InputSpec",
     "LabelRowsConfig",
     "ModelConfig",
     "RegressorConfig",
@@ -81,11 +85,24 @@ class ColumnSpec(_Strict):
     upper: float | None = Field(None, description="physical upper bound of a target (support)")
 
 
+class InputSpec(_Strict):
+    """Input files with columns of constant value (a sample's label, its generated mass)."""
+
+    path: str = Field(description="a file, glob, directory or 'file.root:tree' spec")
+    columns: dict[str, float] = Field(
+        default_factory=dict,
+        description="columns set to this value on every row of these files, e.g. "
+        "{label: 1, mass: 10} [the column's unit]",
+    )
+
+
 class DataConfig(_Strict):
     """Which ROOT files to read and how to turn them into rows."""
 
-    inputs: list[str] = Field(
-        default_factory=list, description="files, globs, directories or 'file.root:tree' specs"
+    inputs: list[str | InputSpec] = Field(
+        default_factory=list,
+        description="files, globs, directories or 'file.root:tree' specs, each a string or "
+        "{path, columns: {name: value}} to give its rows constant columns (label, mass)",
     )
     tree: str | None = Field(None, description="tree name; inferred when a file has exactly one")
     extractor: str | None = Field(
@@ -96,6 +113,13 @@ class DataConfig(_Strict):
         default_factory=dict, description="output columns: name -> {expr, role, unit, bounds}"
     )
     selection: str | None = Field(None, description="row selection expression, e.g. 'x > 0'")
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _one_input(cls, value: Any) -> Any:
+        # A single path is one input (iterating a string would read each character as one).
+        return [value] if isinstance(value, str | dict) else value
+
     require: list[str] = Field(
         default_factory=list,
         description="expressions of branches every entry must satisfy, else an error naming "
@@ -252,6 +276,70 @@ class RegressorConfig(_Strict):
     )
 
 
+class ImageConfig(_Strict):
+    """How hits become an image (``detlearn.data.images.ImageSpec``); lengths in mm."""
+
+    layout: Literal["xyz", "z_split"] = Field(
+        "xyz", description="xyz: three projections as channels; z_split: depth slices of (x, y)"
+    )
+    shape: tuple[int, int] = Field((20, 20), description="image rows and columns (H, W)")
+    channels: int = Field(3, gt=0, description="channels (3 for xyz; depth slices for z_split)")
+    extent: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] = Field(
+        ((-200.0, 200.0), (-200.0, 200.0), (240.0, 770.0)),
+        description="(lo, hi) of x, y and z [mm]",
+    )
+    z_binning: Literal["linear", "log"] = Field(
+        "linear", description="depth slices equal in z, or in log(z - z_origin)"
+    )
+    z_origin: float = Field(0.0, description="origin of log z binning, below the z extent [mm]")
+    assignment: Literal["histogram", "lattice"] = Field(
+        "histogram", description="energy sum per bin, or the original's nearest lattice point"
+    )
+    normalization: Literal["none", "offset_max", "sum", "log1p"] = Field(
+        "offset_max", description="per event: none, (img + 0.1)/max (the original's), sum, log1p"
+    )
+    outside: Literal["drop", "clip"] = Field(
+        "drop", description="hits outside the extent (always counted): drop, or clip to the edge"
+    )
+
+
+class ClassifierConfig(_Strict):
+    """A signal/background classifier of per-event hits (model family 'classifier')."""
+
+    arch: Literal["cnn", "point_cloud", "bdt"] = Field(
+        "cnn",
+        description="cnn: a ConvNet on hit images; point_cloud: EdgeConv over the hardest hits; "
+        "bdt: gradient-boosted trees on LDMX-BDT-style features",
+    )
+    hits: list[str] = Field(
+        default_factory=lambda: ["x", "y", "z", "E", "layer"],
+        description="the dataset's per-hit list columns: x, y, z [mm], energy [MeV], layer",
+    )
+    mass_parameterized: bool = Field(
+        False,
+        description="the signal mass as an extra input; each background event gets a random "
+        "mass from the signal masses, so mass is no shortcut",
+    )
+    mass_column: str = Field("mass", description="column of the signal mass [MeV]")
+    image: ImageConfig = Field(default_factory=ImageConfig, description="hit images (cnn)")
+    conv_channels: list[int] = Field(
+        default_factory=lambda: [32, 64], description="channels of each conv + max-pool block"
+    )
+    kernel: int = Field(5, gt=0, description="convolution kernel size (odd: 'same' padding)")
+    dense: list[int] = Field(
+        default_factory=lambda: [500], description="hidden sizes of the dense head"
+    )
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the dense head")
+    max_hits: int = Field(64, gt=0, description="point_cloud: the hardest hits kept per event")
+    neighbours: int = Field(8, gt=0, description="point_cloud: k nearest hits of each hit")
+    edge_channels: list[int] = Field(
+        default_factory=lambda: [32, 64], description="point_cloud: EdgeConv block widths"
+    )
+    bdt_max_iter: int = Field(300, gt=0, description="bdt: boosting iterations")
+    bdt_learning_rate: float = Field(0.1, gt=0, le=1, description="bdt: learning rate")
+    bdt_max_leaf_nodes: int = Field(31, gt=1, description="bdt: leaves per tree")
+
+
 class ModelConfig(_Strict):
     """The model family and its settings."""
 
@@ -259,6 +347,9 @@ class ModelConfig(_Strict):
     flow: FlowConfig = Field(default_factory=FlowConfig, description="flow settings")
     regressor: RegressorConfig = Field(
         default_factory=RegressorConfig, description="regressor settings"
+    )
+    classifier: ClassifierConfig = Field(
+        default_factory=ClassifierConfig, description="classifier settings"
     )
     count: Literal["none", "negbinom"] = Field(
         "none", description="also learn a per-group count N | context (negative binomial)"
@@ -494,12 +585,20 @@ def config_from_raw(
     path = Path(path)
     if defaults:
         raw = deep_merge(defaults, raw)
-    inputs = raw.get("data", {}).get("inputs", [])
-    raw.setdefault("data", {})["inputs"] = [
-        s if Path(s.split(":")[0]).is_absolute() or "://" in s else str(path.parent / s)
-        for s in inputs
-    ]
+    data = raw.setdefault("data", {})
+    if isinstance(data, dict) and isinstance(data.get("inputs"), list):
+        data["inputs"] = [_relative_to(item, path.parent) for item in data["inputs"]]
     return validate_config(raw, str(path))
+
+
+def _relative_to(item: Any, folder: Path) -> Any:
+    """An input spec (a string or a ``{path: ...}`` mapping) with a relative path resolved
+    against the config's ``folder``."""
+    spec = item.get("path") if isinstance(item, dict) else item
+    if not isinstance(spec, str) or Path(spec.split(":")[0]).is_absolute() or "://" in spec:
+        return item
+    resolved = str(folder / spec)
+    return {**item, "path": resolved} if isinstance(item, dict) else resolved
 
 
 def config_hash(section: BaseModel) -> str:

@@ -70,7 +70,11 @@ def group_column(data: DataConfig) -> str:
 
 def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     """Rows from branch expressions (``data.columns``) and a selection, one row per entry."""
-    exprs: dict[str, str | None] = {n: spec.expr for n, spec in data.columns.items()}
+    # Columns the input gives a constant value are set after extraction, not read.
+    constant = {name for name, _ in chunk.item.source.constants}
+    exprs: dict[str, str | None] = {
+        n: spec.expr for n, spec in data.columns.items() if n not in constant
+    }
     group = group_column(data)
     if group not in exprs:
         exprs[group] = ENTRY_ALIAS
@@ -162,6 +166,14 @@ def process_item(
     """Extract one work item with ``extract`` and write its shard; returns the shard record."""
     chunk = Chunk(item)
     values = extract(chunk, data)
+    rows = len(next(iter(values.values()))) if values else 0
+    values |= {name: np.full(rows, value) for name, value in item.source.constants}
+    missing = [name for name in data.columns if name not in values]
+    if missing:
+        raise DetlearnError(
+            f"{chunk.where}: column '{missing[0]}' of data.columns is neither read from the file "
+            "nor set for it in data.inputs (give {path: ..., columns: {" + missing[0] + ": ...}})"
+        )
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:
         sizes = {k: len(v) for k, v in values.items()}

@@ -100,9 +100,11 @@ def read_shard_record(shard: Path, config_hash: str, source: dict[str, Any]) -> 
         record = json.loads(done.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    same_source = {k: record.get("source", {}).get(k) for k in ("path", "size", "mtime")} == {
-        k: source[k] for k in ("path", "size", "mtime")
-    }
+    # Compared as JSON has them (the constants' tuples come back as lists).
+    keys = ("path", "size", "mtime", "constants")
+    same_source = {k: record.get("source", {}).get(k) for k in keys} == json.loads(
+        json.dumps({k: source.get(k) for k in keys})
+    )
     if record.get("config_hash") != config_hash or not same_source:
         return None
     if file_checksum(shard) != record.get("checksum"):

@@ -16,13 +16,14 @@ import functools
 import glob
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import awkward as ak
 import uproot
 
+from detlearn.config import InputSpec
 from detlearn.errors import DetlearnError
 
 __all__ = [
@@ -46,6 +47,8 @@ class Source:
     entries: int
     size: int
     mtime: float
+    #: Columns of constant value on every row of this file (``data.inputs[].columns``).
+    constants: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -203,23 +206,39 @@ def _describe(path: str, tree: str | None) -> Source:
 
 
 def resolve_sources(
-    specs: Sequence[str], tree: str | None, on_error: str = "stop"
+    specs: Sequence[str | InputSpec], tree: str | None, on_error: str = "stop"
 ) -> tuple[list[Source], list[dict[str, str]]]:
     """Open every input and return its sources, plus ``{path, reason}`` for failed files.
 
+    A spec is a string (see :func:`expand_inputs`) or an :class:`~detlearn.config.InputSpec`
+    whose constant columns its sources carry. A file reached twice (two spellings, a
+    symbolic link, two globs) is read once; twice with different constant columns is an error.
     With ``on_error="stop"`` the first bad file raises; with ``"skip"`` it is listed as failed.
     """
     if not specs:
         raise DetlearnError("data.inputs: no input files given")
     sources: list[Source] = []
     failed: list[dict[str, str]] = []
-    for path, spec_tree in expand_inputs(specs):
-        try:
-            sources.append(_describe(path, spec_tree or tree))
-        except DetlearnError as err:
-            if on_error != "skip":
-                raise
-            failed.append({"path": path, "reason": str(err)})
+    constants_of: dict[str, tuple[tuple[str, float], ...]] = {}
+    for spec in specs:
+        text = spec if isinstance(spec, str) else spec.path
+        constants = () if isinstance(spec, str) else tuple(sorted(spec.columns.items()))
+        for path, spec_tree in expand_inputs([text]):
+            real = str(Path(path).resolve())
+            if real in constants_of:
+                if constants_of[real] != constants:
+                    raise DetlearnError(
+                        f"{path}: listed twice in data.inputs with different columns "
+                        f"({dict(constants_of[real])} and {dict(constants)})"
+                    )
+                continue
+            constants_of[real] = constants
+            try:
+                sources.append(replace(_describe(path, spec_tree or tree), constants=constants))
+            except DetlearnError as err:
+                if on_error != "skip":
+                    raise
+                failed.append({"path": path, "reason": str(err)})
     return sources, failed
 
 
