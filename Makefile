@@ -29,8 +29,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Every benchmarks/*.py, its output recorded in benchmarks/RESULTS.md (tens of minutes);
+# `make bench ONLY="klm_sample hcal_latency"` refreshes those alone.
 bench: $(STAMP)
-	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/run_all.py $(addprefix --only ,$(ONLY))
 
 clean:
 	rm -rf $(VENV) demo

@@ -122,7 +122,8 @@ def chi2_two_sample(
     outside the edges are ignored, as ROOT ignores under- and overflow.
 
     Args:
-        a, b: the two samples.
+        a: the first sample.
+        b: the second sample.
         bins: a number of equal-width bins over the combined range, or the bin edges.
         min_count: least combined count per bin after merging.
 
@@ -204,7 +205,8 @@ def c2st_auc(
     invariant to monotonic rescaling of each feature, so no standardization is needed.
 
     Args:
-        x_a, x_b: samples of shape [n] or [n, features].
+        x_a: the first sample, of shape [n] or [n, features].
+        x_b: the second sample, of the same shape.
         seed: seed of the subsampling, the folds and the classifier.
         folds: number of cross-fitting folds (≥ 2).
         max_n: rows used per class; the classes are balanced by subsampling the larger one.
@@ -287,7 +289,8 @@ def energy_distance(a: np.ndarray, b: np.ndarray, max_n: int = 2000, seed: int =
     Features with different units should be standardized first: the norm mixes them.
 
     Args:
-        a, b: samples of shape [n] or [n, features].
+        a: the first sample, of shape [n] or [n, features].
+        b: the second sample, of the same shape.
         max_n: rows used per sample.
         seed: seed of the subsampling.
     """

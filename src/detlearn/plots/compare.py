@@ -181,7 +181,8 @@ def plot_hist_compare(
     """Normalized histograms of two samples (e.g. photon counts, first-photon times), with b / a.
 
     Args:
-        a, b: the reference (simulation) and the compared sample.
+        a: the reference (simulation) sample.
+        b: the compared sample.
         labels: their legend labels.
         bins: number of equal-width bins over the central 99.8 % of both, or explicit edges
             (use integer-aligned edges for counts).

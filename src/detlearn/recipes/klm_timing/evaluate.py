@@ -12,7 +12,7 @@ c_j = (z_j, θ_j, |p|_j) and simulated delay Δt_j:
   deviation and W1 to the simulation, each beside sim2's) and the first-photon
   time resolution (half the 16-84 % range of the earliest Δt in events with
   ≥ ``min_photons`` photons; the standard deviation is reported too), surrogate (count model
-  + flow) vs simulator, beside a second simulated sample of the same size.
+  and flow) vs simulator, beside a second simulated sample of the same size.
 """
 
 from __future__ import annotations
