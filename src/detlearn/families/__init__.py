@@ -5,7 +5,8 @@ lists them, and is the only place that does. A new family is one module and one 
 the callers below dispatch through the record.
 
 - :mod:`.flow`: conditional normalizing flows (fast-simulation surrogates);
-- :mod:`.regressor`: dense regressors.
+- :mod:`.regressor`: dense regressors;
+- :mod:`.classifier`: signal/background classifiers of calorimeter hits.
 
 Example:
     >>> run_dir = train(cfg, "dataset/", "runs/klm")       # doctest: +SKIP
@@ -21,6 +22,7 @@ from typing import Any
 from detlearn.config import RunConfig
 from detlearn.errors import DetlearnError
 from detlearn.families.base import Family
+from detlearn.families.classifier import CLASSIFIER
 from detlearn.families.flow import FLOW
 from detlearn.families.regressor import REGRESSOR
 from detlearn.runs.artifact import read_run_info
@@ -28,7 +30,7 @@ from detlearn.runs.training_data import open_training_data
 
 __all__ = ["FAMILIES", "Family", "export_run", "get_family", "load_run", "train"]
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (FLOW, REGRESSOR)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (FLOW, REGRESSOR, CLASSIFIER)}
 
 
 def get_family(name: str) -> Family:
@@ -52,7 +54,7 @@ def train(
     """Train the model of ``cfg`` (its ``model.family``) on a prepared dataset; returns the run
     directory. See each family's ``train`` for what it fits."""
     family = get_family(cfg.model.family)
-    data = open_training_data(cfg, dataset, balance_ok=family.balances_labels)
+    data = open_training_data(cfg, dataset, family.roles, family.balances_labels)
     return family.train(cfg, data, Path(out), resume, progress)
 
 

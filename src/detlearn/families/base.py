@@ -56,6 +56,7 @@ class Family:
         load: the trained-run handle's loader (``Surrogate.load``, ``Regression.load``...).
         export: its exporter.
         evaluate: its generic evaluation.
+        roles: the dataset column roles it needs.
         balances_labels: whether ``training.balance`` applies (rows weighed by label).
     """
 
@@ -65,4 +66,5 @@ class Family:
     load: Load
     export: Export
     evaluate: Evaluate
+    roles: tuple[str, ...] = ("context", "target")
     balances_labels: bool = False

@@ -25,6 +25,7 @@ import torch
 
 from detlearn._files import atomic_path, atomic_write_json, read_json_object
 from detlearn.errors import DetlearnError
+from detlearn.models.classifiers import ImageClassifier, PointCloudClassifier
 from detlearn.models.counts import CountModel
 from detlearn.models.flows import ConditionalFlow
 from detlearn.models.regressors import Regressor
@@ -36,7 +37,8 @@ SPEC_FILE = "model.json"
 
 #: Every model kind a ``model.json`` may name, and the class that rebuilds it.
 MODELS: dict[str, type[torch.nn.Module]] = {
-    cls.kind: cls for cls in (ConditionalFlow, CountModel, Regressor)
+    cls.kind: cls
+    for cls in (ConditionalFlow, CountModel, Regressor, ImageClassifier, PointCloudClassifier)
 }
 
 

@@ -6,7 +6,8 @@ a recipe: the core reaches a recipe's functions through the record.
 
 - :mod:`.klm_timing`: photon arrival times in the ePIC KLM bar (a flow surrogate);
 - :mod:`.mass_grid`: FEDHEX's mass-grid interpolation (a flow over a grid of labels);
-- :mod:`.hcal_energy`: CMS HCAL channel energy (a dense regressor against MAHI).
+- :mod:`.hcal_energy`: CMS HCAL channel energy (a dense regressor against MAHI);
+- :mod:`.ecal_veto`: the LDMX ECal veto (classifiers of hits against a BDT).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import Any
 
 from detlearn.config import RunConfig, config_from_raw, read_raw_config
 from detlearn.errors import DetlearnError
-from detlearn.recipes import hcal_energy, klm_timing, mass_grid
+from detlearn.recipes import ecal_veto, hcal_energy, klm_timing, mass_grid
 from detlearn.recipes.base import Recipe
 
 __all__ = ["RECIPES", "Recipe", "get_recipe", "load_config"]
 
 RECIPES: dict[str, Recipe] = {
-    r.name: r for r in (klm_timing.RECIPE, mass_grid.RECIPE, hcal_energy.RECIPE)
+    r.name: r for r in (klm_timing.RECIPE, mass_grid.RECIPE, hcal_energy.RECIPE, ecal_veto.RECIPE)
 }
 
 

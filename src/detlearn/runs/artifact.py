@@ -73,6 +73,8 @@ class RunInfo(_Record):
     count: dict[str, str] | None = None
     sparse_labels: dict[str, Any] | None = None
     holdout: dict[str, Any] | None = None
+    #: What a family records beyond these (a classifier: its inputs and the signal masses).
+    details: dict[str, Any] | None = None
     config: RunConfig
 
     @property

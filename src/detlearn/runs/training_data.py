@@ -8,7 +8,7 @@ initial weights from the run's seed.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,15 +46,19 @@ class TrainingData:
     context: list[str]
     target: list[str]
     weight: list[str]
+    label: list[str]
 
 
 def open_training_data(
-    cfg: RunConfig, dataset: str | Path, balance_ok: bool = False
+    cfg: RunConfig,
+    dataset: str | Path,
+    roles: Sequence[str] = ("context", "target"),
+    balance_ok: bool = False,
 ) -> TrainingData:
     """Open ``dataset`` for training ``cfg``'s model; warns when it was prepared from another
-    data config, and gives a one-line error when it was prepared for another recipe, lacks the
-    context or target role, or ``training.balance`` names a column the family cannot balance
-    (``balance_ok``: the family weighs rows by label)."""
+    data config, and gives a one-line error when it was prepared for another recipe, has no
+    column of one of the ``roles`` the family needs, or ``training.balance`` names a column the
+    family cannot balance (``balance_ok``: the family weighs rows by label)."""
     ds = Dataset.open(dataset)
     if ds.manifest.get("config_hash") != data_hash(cfg.data):
         warnings.warn(
@@ -70,16 +74,19 @@ def open_training_data(
             f"{dataset}: dataset was prepared for recipe '{ds.manifest['recipe']}', "
             f"the config is for '{cfg.recipe}'"
         )
-    context, target, weight = ds.names("context"), ds.names("target"), ds.names("weight")
-    if not context or not target:
+    found = {role: ds.names(role) for role in ("context", "target", "weight", "label")}
+    missing = [role for role in roles if not found[role]]
+    if missing:
+        have = ", ".join(f"{role} {names}" for role, names in found.items())
         raise DetlearnError(
-            f"{dataset}: a {cfg.model.family} needs columns with role 'context' and 'target' "
-            f"(found context {context}, target {target})"
+            f"{dataset}: a {cfg.model.family} needs columns with role "
+            f"{' and '.join(repr(r) for r in roles)} (found {have})"
         )
+    context, target, weight = found["context"], found["target"], found["weight"]
     for col in cfg.training.balance:
         if col not in context or not balance_ok:
             raise DetlearnError(
                 f"training.balance: '{col}' is not a context column of a flow "
                 f"(model.family {cfg.model.family}; context: {', '.join(context)})"
             )
-    return TrainingData(ds, list(context), list(target), list(weight))
+    return TrainingData(ds, list(context), list(target), list(weight), list(found["label"]))

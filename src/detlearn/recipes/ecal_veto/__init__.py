@@ -7,7 +7,9 @@ Layers:
 - :mod:`.simulate`: the sample simulator (:class:`EcalSimConfig`, :func:`simulate`), writing one
   ROOT file per sample in the original study's layout (tree ``ecalHits``: ``eventNumber``,
   ``nHits``, ``x, y, z`` [mm], ``E`` [MeV], with truth branches);
-- :mod:`._kernels`: its compiled per-event loop (deposits summed per cell, readout, trigger).
+- :mod:`._kernels`: its compiled per-event loop (deposits summed per cell, readout, trigger);
+- :mod:`.extract`: one row per event, its hits as lists (the original layout or the simulator's);
+- :mod:`.evaluate`: per-mass performance, trained and held-out masses apart, and a gallery.
 
 Images of the hits for the CNN come from the core's :mod:`detlearn.data.images`.
 
@@ -17,6 +19,11 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from detlearn.recipes.base import Recipe
+from detlearn.recipes.ecal_veto.evaluate import evaluate
+from detlearn.recipes.ecal_veto.extract import extract
 from detlearn.recipes.ecal_veto.simulate import (
     BLOCK_EVENTS,
     DEFAULT_MASSES,
@@ -36,13 +43,28 @@ __all__ = [
     "BLOCK_EVENTS",
     "DEFAULT_MASSES",
     "ELECTRON_MASS",
+    "RECIPE",
     "TOPOLOGIES",
     "EcalEvents",
     "EcalSimConfig",
     "config_from_options",
+    "evaluate",
+    "extract",
     "sample_file_name",
     "simulate",
     "simulate_block",
     "simulate_sample",
     "write_events",
 ]
+
+RECIPE = Recipe(
+    name="ecal-veto",
+    summary="LDMX ECal veto: A' signal vs photonuclear background from ECal hits (CNN, BDT)",
+    simulate=simulate,
+    evaluate=evaluate,
+    extract=extract,
+    config=Path(__file__).with_name("recipe.yaml"),
+    simulate_options=EcalSimConfig,
+    # Triggered events per sample (7 signal masses and the background).
+    demo_events=6000,
+)
