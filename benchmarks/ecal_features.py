@@ -12,7 +12,11 @@ average is printed beside the figures, as the machine may be shared):
 The hits: Poisson(``--hits``) per event; layers mostly near the front (Poisson(8), a fifth
 uniform over the 34), x, y a 12 mm Gaussian core with a fifth of the hits 120 mm wide.
 
+``--contended``: the main figure (1. with per-layer radii) is measured again beside one busy
+process, and both are printed with their ratio (``_contention``).
+
 Run: .venv/bin/python benchmarks/ecal_features.py [--events 200000] [--batch 4096] [--hits 100]
+     [--contended]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import itertools
 import os
 import time
 
+import _contention
 import numpy as np
 
 from detlearn.data.hit_features import (
@@ -36,6 +41,7 @@ from detlearn.recipes.ecal_veto.geometry import LAYER_Z, R68
 
 TARGET = 100_000  # events per second
 LAYERS = 34
+MAIN = "per-layer radii R68 x (1, 2, 3)"  # the radii of the main figure
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:
@@ -110,6 +116,7 @@ def main() -> None:
     parser.add_argument("--hits", type=float, default=100.0, help="mean hits per event")
     parser.add_argument("--loop-events", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3)
+    _contention.add_flag(parser)
     args = parser.parse_args()
     counts, x, y, z, e, layer = batch(args.events, args.hits)
     offsets = np.r_[0, np.cumsum(counts)]
@@ -124,29 +131,43 @@ def main() -> None:
     )
     radii = {
         f"fixed radii {DEFAULT_RING_RADII} mm": np.broadcast_to(DEFAULT_RING_RADII, (LAYERS, 3)),
-        "per-layer radii R68 x (1, 2, 3)": np.outer(R68, [1.0, 2.0, 3.0]),
+        MAIN: np.outer(R68, [1.0, 2.0, 3.0]),
     }
     hit_features(*batches[0])  # compile (or load the cached kernel)
     rates = {}
     for name, table in radii.items():
-        seconds, _ = best_of(
-            lambda t=table: [hit_features(*part, ring_radii=t) for part in batches], args.repeat
+
+        def every_batch(t=table):
+            return best_of(
+                lambda: [hit_features(*part, ring_radii=t) for part in batches], args.repeat
+            )
+
+        def show(result, name=name):
+            rate = args.events / result[0]
+            print(
+                f"  hit_features, {name}: {result[0]:.3f} s = {rate:,.0f} events/s "
+                f"({rate / TARGET:.2f}x the {TARGET:,}/s target); load {_load()}"
+            )
+
+        seconds, _ = _contention.measure(
+            every_batch,
+            figure=f"hit_features, {name}",
+            unit="events/s",
+            value=lambda result: args.events / result[0],
+            contended=args.contended and name == MAIN,
+            show=show,
         )
         rates[name] = args.events / seconds
-        print(
-            f"  hit_features, {name}: {seconds:.3f} s = {rates[name]:,.0f} events/s "
-            f"({rates[name] / TARGET:.2f}x the {TARGET:,}/s target); load {_load()}"
-        )
 
     n = min(args.loop_events, args.events)
     m = int(offsets[n])
-    table = radii["per-layer radii R68 x (1, 2, 3)"]
+    table = radii[MAIN]
     hits = [v[:m] for v in (x, y, z, e, layer)]
     seconds, looped = best_of(lambda: event_loop(counts[:n], *hits, table), 1)
     loop_rate = n / seconds
     batched = feature_matrix(hit_features(counts[:n], *hits, ring_radii=table))
     np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-4)
-    best = rates["per-layer radii R68 x (1, 2, 3)"]
+    best = rates[MAIN]
     print(
         f"  per-event numpy loop, per-layer radii, {n:,} events: {loop_rate:,.0f} events/s "
         f"(same features); hit_features is {best / loop_rate:.0f}x faster; load {_load()}"

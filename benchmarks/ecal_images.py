@@ -12,8 +12,11 @@ average is printed beside the figures, as the machine may be shared):
      one ``numpy.histogramdd`` per event (3-D histogram, then its three projections), checked
      against the batch images.
 
+``--contended``: the main figure (1. for the histogram xyz layout with ``--threads`` threads) is
+measured again beside one busy process, and both are printed with their ratio (``_contention``).
+
 Run: .venv/bin/python benchmarks/ecal_images.py [--events 200000] [--batch 4096] [--hits 100]
-     [--threads 2]
+     [--threads 2] [--contended]
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import argparse
 import os
 import time
 
+import _contention
 import numpy as np
 
 from detlearn.data.images import ImageSpec, bin_edges, build_images
 
 TARGET = 200_000  # events per second
+MAIN = "xyz 20x20x3, histogram"  # the layout of the main figure (with --threads threads)
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:
@@ -74,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--loop-events", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=3)
+    _contention.add_flag(parser)
     args = parser.parse_args()
     counts, x, y, z, e = batch(args.events, args.hits)
     offsets = np.r_[0, np.cumsum(counts)]
@@ -95,7 +101,7 @@ def main() -> None:
             build_images(spec, *part, threads=threads)
 
     specs = {
-        "xyz 20x20x3, histogram": ImageSpec(),
+        MAIN: ImageSpec(),
         "xyz 20x20x3, lattice + (img+0.1)/max": ImageSpec(
             assignment="lattice", normalization="offset_max"
         ),
@@ -108,19 +114,26 @@ def main() -> None:
     rates = {}
     for name, spec in specs.items():
         for threads in sorted({1, args.threads}):
-            seconds, _ = best_of(
-                lambda s=spec, t=threads: every_batch(s, t),
-                args.repeat,
-            )
-            rate = args.events / seconds
-            rates[name, threads] = rate
-            print(
-                f"  build_images, {name}, {threads} thread(s): {seconds:.3f} s = "
-                f"{rate:,.0f} events/s ({rate / TARGET:.2f}x the 200,000/s target); "
-                f"load {_load()}"
-            )
 
-    spec = specs["xyz 20x20x3, histogram"]
+            def show(result, name=name, threads=threads):
+                seconds, rate = result[0], args.events / result[0]
+                print(
+                    f"  build_images, {name}, {threads} thread(s): {seconds:.3f} s = "
+                    f"{rate:,.0f} events/s ({rate / TARGET:.2f}x the 200,000/s target); "
+                    f"load {_load()}"
+                )
+
+            seconds, _ = _contention.measure(
+                lambda s=spec, t=threads: best_of(lambda: every_batch(s, t), args.repeat),
+                figure=f"build_images, {name}, {threads} thread(s)",
+                unit="events/s",
+                value=lambda result: args.events / result[0],
+                contended=args.contended and (name, threads) == (MAIN, args.threads),
+                show=show,
+            )
+            rates[name, threads] = args.events / seconds
+
+    spec = specs[MAIN]
     n = min(args.loop_events, args.events)
     loop_counts = counts[:n]
     m = int(loop_counts.sum())
@@ -129,7 +142,7 @@ def main() -> None:
     loop_rate = n / seconds
     images, _ = build_images(spec, loop_counts, x[:m], y[:m], z[:m], e[:m])
     np.testing.assert_allclose(images, looped, rtol=1e-5, atol=1e-5)
-    best = rates["xyz 20x20x3, histogram", args.threads]
+    best = rates[MAIN, args.threads]
     print(
         f"  per-event numpy.histogramdd loop, xyz 20x20x3, {n:,} events: {loop_rate:,.0f} "
         f"events/s (same images); build_images with {args.threads} thread(s) is "

@@ -11,7 +11,10 @@ time, which tells what a shared machine hides; the load average is printed besid
   3. the whole ``simulate`` (what ``detlearn simulate ecal-veto`` runs): 7 A′ masses and the
      background, ``--events`` triggered events each, every file written.
 
-Run: .venv/bin/python benchmarks/ecal_simulate.py [--events 20000] [--threads 2]
+``--contended``: the main figure (3., the whole ``simulate``) is measured again beside one busy
+process, and both are printed with their ratio (``_contention``).
+
+Run: .venv/bin/python benchmarks/ecal_simulate.py [--events 20000] [--threads 2] [--contended]
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import _contention
 
 from detlearn.recipes.ecal_veto import (
     DEFAULT_MASSES,
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="triggered events per sample")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    _contention.add_flag(parser)
     args = parser.parse_args()
     n = args.events
     simulate_sample(1.0, 100, seed=0, cfg=EcalSimConfig(threads=1))  # compiled kernel loaded
@@ -84,13 +90,28 @@ def main() -> None:
 
     total = n * (len(DEFAULT_MASSES) + 1)
     options = {"threads": args.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        seconds, cpu, files = best_of(lambda: simulate(tmp, n, seed=2, options=options), 1)
-    rate = total / seconds
-    print(
-        f"simulate ({len(files)} files, {total:,} triggered events, {args.threads} threads): "
-        f"{seconds:.2f} s = {rate:,.0f} events/s ({rate / TARGET:.2f}x the 5,000/s target); "
-        f"CPU {cpu / total * 1e6:.0f} µs/event ({cpu / seconds:.2f} cores busy); load {_load()}"
+
+    def whole_simulate():
+        with tempfile.TemporaryDirectory() as tmp:
+            return best_of(lambda: simulate(tmp, n, seed=2, options=options), 1)
+
+    def show(result):
+        seconds, cpu, files = result
+        rate = total / seconds
+        print(
+            f"simulate ({len(files)} files, {total:,} triggered events, {args.threads} threads): "
+            f"{seconds:.2f} s = {rate:,.0f} events/s ({rate / TARGET:.2f}x the 5,000/s target); "
+            f"CPU {cpu / total * 1e6:.0f} µs/event ({cpu / seconds:.2f} cores busy); "
+            f"load {_load()}"
+        )
+
+    _contention.measure(
+        whole_simulate,
+        figure=f"simulate, {total:,} triggered events, {args.threads} threads",
+        unit="events/s",
+        value=lambda result: total / result[0],
+        contended=args.contended,
+        show=show,
     )
 
 

@@ -18,6 +18,9 @@ Run: .venv/bin/python benchmarks/grid_interp.py [--events 100000] [--minutes 15]
      '{"model": {"flow": {"transforms": 6}}}')
      .venv/bin/python benchmarks/grid_interp.py --rate-only RUN   (generation rate only)
 ``--quick``: a 4 x 4 grid, one epoch, few samples: checks the script, measures nothing.
+``--contended`` (with any of the above): the generation rate (the figure timed in this process
+alone; the training goal is not a speed) is measured again beside one busy process, and both are
+printed with their ratio (``_contention``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _contention
 import numpy as np
 import torch
 
@@ -48,22 +52,37 @@ from detlearn.runs import Surrogate
 TARGET_RATE = 1e6  # pairs/s
 
 
-def generation_rate(s: Surrogate, label: np.ndarray, n: int) -> float:
-    """Pairs/s of ``Surrogate.sample`` of n pairs at one label (best of two, after warm-up)."""
+def generation_rate(s: Surrogate, label: np.ndarray, n: int, contended: bool = False) -> float:
+    """Pairs/s of ``Surrogate.sample`` of n pairs at one label (best of two, after warm-up);
+    with ``contended``, measured again beside a busy process (``_contention``)."""
     context = dict(zip(s.context_names, label, strict=True))
     s.sample(context, 1000, seed=0)  # warm-up
-    times = []
-    for seed in range(2):
-        t0 = time.perf_counter()
-        s.sample(context, n, seed=seed)
-        times.append(time.perf_counter() - t0)
-    rate = n / min(times)
-    print(
-        f"2-D generation at one label: {rate / 1e6:.3f} M pairs/s "
-        f"(target >= {TARGET_RATE / 1e6:g}, ratio {rate / TARGET_RATE:.3f}); "
-        f"load average {os.getloadavg()[0]:.1f}"
+
+    def best_time() -> float:
+        times = []
+        for seed in range(2):
+            t0 = time.perf_counter()
+            s.sample(context, n, seed=seed)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def show(seconds: float) -> None:
+        rate = n / seconds
+        print(
+            f"2-D generation at one label: {rate / 1e6:.3f} M pairs/s "
+            f"(target >= {TARGET_RATE / 1e6:g}, ratio {rate / TARGET_RATE:.3f}); "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+
+    seconds = _contention.measure(
+        best_time,
+        figure=f"2-D generation at one label, {n:,} pairs",
+        unit="M pairs/s",
+        value=lambda seconds: n / seconds / 1e6,
+        contended=contended,
+        show=show,
     )
-    return rate
+    return n / seconds
 
 
 def main() -> None:
@@ -82,11 +101,12 @@ def main() -> None:
     parser.add_argument(
         "--rate-only", type=Path, default=None, help="only time generation on this trained run"
     )
+    _contention.add_flag(parser)
     args = parser.parse_args()
     if args.rate_only is not None:
         s = Surrogate.load(args.rate_only)
         sim_cfg = config_from_options(s.info.config.simulate)
-        generation_rate(s, heldout_labels(s.info, sim_cfg)[0], 1_000_000)
+        generation_rate(s, heldout_labels(s.info, sim_cfg)[0], 1_000_000, args.contended)
         return
 
     training = {
@@ -172,7 +192,7 @@ def main() -> None:
         f"sim2 judged alike passes at {sim2_ok:.0%} of the points"
     )
 
-    rate = generation_rate(s, labels[0], n_rate)
+    rate = generation_rate(s, labels[0], n_rate, args.contended)
     (out / "benchmark.json").write_text(
         json.dumps(
             {

@@ -10,7 +10,10 @@ stays flat; the load average is printed beside the figures):
   4. the whole ``simulate`` (what ``detlearn simulate hcal-energy`` runs): 1-3 for every file,
      file i written by a second thread while file i + 1 is generated, LZ4 and uncompressed.
 
-Run: .venv/bin/python benchmarks/hcal_simulate.py [--channels 1000000] [--threads 2]
+``--contended``: the main figure (4., the whole ``simulate`` with LZ4) is measured again beside one
+busy process, and both are printed with their ratio (``_contention``).
+
+Run: .venv/bin/python benchmarks/hcal_simulate.py [--channels 1000000] [--threads 2] [--contended]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _contention
 import numpy as np
 
 from detlearn.recipes.hcal_energy import (
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    _contention.add_flag(parser)
     args = parser.parse_args()
     cfg = HcalSimConfig()
     n = args.channels
@@ -105,15 +110,27 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             options = {"threads": args.threads, "compression": codec}
             simulate(tmp, 1000, seed=0, options=options)  # compiled kernels loaded
-            seconds, cpu, _ = best_of(
-                lambda o=options, d=tmp: simulate(d, n, seed=1, options=o), args.repeat
+
+            def whole_simulate(o=options, d=tmp):
+                return best_of(lambda: simulate(d, n, seed=1, options=o), args.repeat)
+
+            def show(result, codec=codec):
+                seconds, cpu, _ = result
+                rate = n / seconds
+                print(
+                    f"  {codec}: {seconds:.2f} s = {rate / 1e6:.2f} M channels/s "
+                    f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} "
+                    f"ns/channel ({cpu / seconds:.2f} cores busy); load {_load()}"
+                )
+
+            _contention.measure(
+                whole_simulate,
+                figure=f"simulate {codec}, {n:,} channels, {args.threads} threads",
+                unit="M channels/s",
+                value=lambda result: n / result[0] / 1e6,
+                contended=args.contended and codec == "lz4",
+                show=show,
             )
-        rate = n / seconds
-        print(
-            f"  {codec}: {seconds:.2f} s = {rate / 1e6:.2f} M channels/s "
-            f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} ns/channel "
-            f"({cpu / seconds:.2f} cores busy); load {_load()}"
-        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ Times, back to back in this process, with the recipe's default flow (NSF, 3 tran
   2. the same photons with the context repeated per photon (``sample_from_noise``), i.e. the
      conditioner once per photon, as a naive loop over photons would do.
 
+``--contended``: the main figure (1.) is measured again beside one busy process, and both are
+printed with their ratio (``_contention``).
+
 Run: .venv/bin/python benchmarks/klm_sample.py [--contexts 20000] [--per-context 100]
+     [--contended]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import os
 import time
 
+import _contention
 import torch
 
 from detlearn.config import FlowConfig
@@ -36,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, default=20_000)
     parser.add_argument("--per-context", type=int, default=100)
+    _contention.add_flag(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     flow_cfg = FlowConfig(**get_recipe("klm-timing").default_config()["model"]["flow"])
@@ -53,7 +59,13 @@ def main() -> None:
     n = args.contexts * args.per_context
     with torch.no_grad():
         flow.sample(ctx[:100], 10)  # warm-up
-        t_once = best_of(lambda: flow.sample(ctx, args.per_context))
+        t_once = _contention.measure(
+            lambda: best_of(lambda: flow.sample(ctx, args.per_context)),
+            figure="conditioner once per context",
+            unit="M photons/s",
+            value=lambda t: n / t / 1e6,
+            contended=args.contended,
+        )
         rep = ctx.repeat_interleave(args.per_context, 0)
         noise = torch.randn(n, 1)
         t_rep = best_of(lambda: flow.sample_from_noise(noise, rep), repeat=1)

@@ -6,7 +6,11 @@ Times, back to back in this process (best of ``--repeat``):
   2. ``write_edm4hep`` of one file's worth of events (photon hits/s, file size per photon);
   3. ``log_density`` at 10^5 (Δt, context) pairs over 2000 distinct contexts (table cached).
 
+``--contended``: the main figure (1. with ``--threads`` threads) is measured again beside one busy
+process, and both are printed with their ratio (``_contention``).
+
 Run: .venv/bin/python benchmarks/klm_simulate.py [--events 20000] [--threads 2] [--mode direct]
+     [--contended]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _contention
 import numpy as np
 
 from detlearn.recipes.klm_timing.density import _table, log_density
@@ -44,19 +49,34 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["direct", "wls"], default="direct")
     parser.add_argument("--repeat", type=int, default=3)
+    _contention.add_flag(parser)
     args = parser.parse_args()
     cfg = KLMSimConfig(mode=args.mode)
 
     print(f"simulate_events: {args.events} events, mode {args.mode}")
     for threads in sorted({1, args.threads}):
-        seconds, ev = best_of(
-            lambda t=threads: simulate_events(args.events, cfg, np.random.default_rng(0), t),
-            args.repeat,
-        )
-        rate = len(ev.photon_time) / seconds
-        print(
-            f"  {threads} thread(s): {len(ev.photon_time):,} photons in {seconds:.2f} s = "
-            f"{rate / 1e6:.2f} M photons/s ({rate / TARGET:.2f}x the 10 M/s target)"
+
+        def simulate(t=threads):
+            return best_of(
+                lambda: simulate_events(args.events, cfg, np.random.default_rng(0), t),
+                args.repeat,
+            )
+
+        def show(result, threads=threads):
+            seconds, ev = result
+            rate = len(ev.photon_time) / seconds
+            print(
+                f"  {threads} thread(s): {len(ev.photon_time):,} photons in {seconds:.2f} s = "
+                f"{rate / 1e6:.2f} M photons/s ({rate / TARGET:.2f}x the 10 M/s target)"
+            )
+
+        _contention.measure(
+            simulate,
+            figure=f"simulate_events, mode {args.mode}, {threads} thread(s)",
+            unit="M photons/s",
+            value=lambda result: len(result[1].photon_time) / result[0] / 1e6,
+            contended=args.contended and threads == args.threads,
+            show=show,
         )
 
     ev = simulate_events(cfg.events_per_file, cfg, np.random.default_rng(1))

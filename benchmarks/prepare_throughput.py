@@ -22,7 +22,11 @@ round, as the machine may be shared):
 
 The 1- and 2-worker datasets must be identical, shard for shard (checksums compared).
 
-Run: .venv/bin/python benchmarks/prepare_throughput.py [--mb 400] [--rounds 3]
+``--contended``: all the rounds are run again beside one busy process, and the main figure (3.,
+``prepare`` with 2 workers as a later call) printed idle and contended with their ratio
+(``_contention``).
+
+Run: .venv/bin/python benchmarks/prepare_throughput.py [--mb 400] [--rounds 3] [--contended]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import _contention
 import numpy as np
 import uproot
 
@@ -133,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=400, help="size of the generated input, MB")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    _contention.add_flag(parser)
     args = parser.parse_args()
     paths = make_files(args.mb)
     size = sum(Path(p).stat().st_size for p in paths) / 1e6
@@ -144,55 +150,72 @@ def main() -> None:
         # so that the rounds below time later calls.
         [f.result() for f in [ex.submit(os.getpid) for _ in range(2)]]
 
-    load_before = os.getloadavg()
-    rounds: list[dict[str, float]] = []
-    for _ in range(args.rounds):
-        t: dict[str, float] = {}
-        t0 = time.perf_counter()
-        rows = plain_read(paths)
-        t["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        plain_read(paths, handler=uproot.source.file.MemmapSource)
-        t["mmap"] = time.perf_counter() - t0
-        t["1"], rows1, shards1 = timed_prepare(paths, workers=1)
-        t["2"], rows2, shards2 = timed_prepare(paths, workers=2)
-        assert rows == rows1 == rows2, (rows, rows1, rows2)
-        assert shards1 == shards2, "1 and 2 workers wrote different shards"
-        t["cold"] = cold_prepare(paths, workers=2)
-        t["read2"] = parallel_read(paths)
-        rounds.append(t)
-    load_after = os.getloadavg()
+    def all_rounds() -> tuple[list[dict[str, float]], int, tuple, tuple]:
+        load_before = os.getloadavg()
+        rounds: list[dict[str, float]] = []
+        for _ in range(args.rounds):
+            t: dict[str, float] = {}
+            t0 = time.perf_counter()
+            rows = plain_read(paths)
+            t["read"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            plain_read(paths, handler=uproot.source.file.MemmapSource)
+            t["mmap"] = time.perf_counter() - t0
+            t["1"], rows1, shards1 = timed_prepare(paths, workers=1)
+            t["2"], rows2, shards2 = timed_prepare(paths, workers=2)
+            assert rows == rows1 == rows2, (rows, rows1, rows2)
+            assert shards1 == shards2, "1 and 2 workers wrote different shards"
+            t["cold"] = cold_prepare(paths, workers=2)
+            t["read2"] = parallel_read(paths)
+            rounds.append(t)
+        load_after = os.getloadavg()
+        return rounds, rows, load_before, load_after
 
-    def best(key: str) -> float:
-        return min(t[key] for t in rounds)
+    def report(result: tuple[list[dict[str, float]], int, tuple, tuple]) -> None:
+        rounds, rows, load_before, load_after = result
 
-    def ratio(num: str, den: str) -> float:
-        # Within a round, so both sides met the same competition for the CPUs.
-        return float(np.median([t[num] / t[den] for t in rounds]))
+        def best(key: str) -> float:
+            return min(t[key] for t in rounds)
 
-    def line(label: str, key: str) -> str:
-        return f"{label}: {best(key):6.2f} s  {rows / best(key):12,.0f} rows/s"
+        def ratio(num: str, den: str) -> float:
+            # Within a round, so both sides met the same competition for the CPUs.
+            return float(np.median([t[num] / t[den] for t in rounds]))
 
-    print(f"input: {len(paths)} files, {size:.0f} MB on disk, {rows:,} rows, step {STEP:,}")
-    print(
-        f"{args.rounds} rounds: best times, median ratios within a round; load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (2 CPUs: above ~0.5 others "
-        "compete)"
-    )
-    print(line("plain uproot read ", "read"))
-    print(line("  (memory-mapped) ", "mmap"))
-    print(line("prepare, 1 worker ", "1") + f"  ratio to read {ratio('1', 'read'):.2f} (<= 1.5)")
-    print(
-        line("prepare, 2 workers", "cold")
-        + f"  speed-up {ratio('1', 'cold'):.2f}x (>= 1.7)  first call in a process"
-    )
-    print(
-        line("prepare, 2 workers", "2")
-        + f"  speed-up {ratio('1', '2'):.2f}x (>= 1.7)  later call, fork server running"
-    )
-    print(
-        "for scale: the plain read split over 2 running processes gives a speed-up of "
-        f"{ratio('read', 'read2'):.2f}x"
+        def line(label: str, key: str) -> str:
+            return f"{label}: {best(key):6.2f} s  {rows / best(key):12,.0f} rows/s"
+
+        print(f"input: {len(paths)} files, {size:.0f} MB on disk, {rows:,} rows, step {STEP:,}")
+        print(
+            f"{args.rounds} rounds: best times, median ratios within a round; load average "
+            f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (2 CPUs: above ~0.5 others "
+            "compete)"
+        )
+        print(line("plain uproot read ", "read"))
+        print(line("  (memory-mapped) ", "mmap"))
+        print(
+            line("prepare, 1 worker ", "1") + f"  ratio to read {ratio('1', 'read'):.2f} (<= 1.5)"
+        )
+        print(
+            line("prepare, 2 workers", "cold")
+            + f"  speed-up {ratio('1', 'cold'):.2f}x (>= 1.7)  first call in a process"
+        )
+        print(
+            line("prepare, 2 workers", "2")
+            + f"  speed-up {ratio('1', '2'):.2f}x (>= 1.7)  later call, fork server running"
+        )
+        print(
+            "for scale: the plain read split over 2 running processes gives a speed-up of "
+            f"{ratio('read', 'read2'):.2f}x"
+        )
+
+    # Contended, all the rounds again, so that each ratio is still taken within a round.
+    _contention.measure(
+        all_rounds,
+        figure="prepare, 2 workers, later call",
+        unit="rows/s",
+        value=lambda result: result[1] / min(t["2"] for t in result[0]),
+        contended=args.contended,
+        show=report,
     )
 
 

@@ -7,6 +7,11 @@ machine (CPU model, usable cores, memory), the date, the commit, the wall time, 
 status and the script's own stdout and stderr verbatim. RESULTS.md is rewritten atomically
 (temporary file + rename) after every script, so an interrupted run keeps what it finished.
 
+Every script runs with ``--contended``: its main figure is measured idle and then beside one
+busy process (``_contention.py``: a speed that holds on a shared 2-core machine), and the
+comparison lines it prints make the summary table at the top of RESULTS.md: idle, contended,
+their ratio and whether it meets the target (contended >= 1/2.3 of the idle speed).
+
 Each script has its own section, replaced when it runs again and kept otherwise; so
 ``--only NAME`` refreshes one slow benchmark alone and leaves the others' records (each with
 its own date and machine) in place. Sections of scripts that no longer exist are dropped.
@@ -29,6 +34,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import _contention
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -103,7 +110,7 @@ def _tee(stream: object, sink: object, lines: list[str]) -> None:
 def run(name: str, script: Path, timeout: float | None) -> tuple[str, bool]:
     """Run one script, its output shown as it comes; returns its RESULTS.md section and whether
     it exited with status 0."""
-    argv = [sys.executable, str(script.relative_to(ROOT)), *ARGS.get(name, [])]
+    argv = [sys.executable, str(script.relative_to(ROOT)), *ARGS.get(name, []), "--contended"]
     shown = " ".join([".venv/bin/python" if ".venv" in sys.executable else "python", *argv[1:]])
     print(f"\n=== {name}: {shown}", flush=True)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -160,6 +167,40 @@ def _fenced(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}\n"
 
 
+STDOUT = re.compile(r"^stdout:\n\n(`{3,})text\n(.*?)\n\1\n", re.DOTALL | re.MULTILINE)
+
+
+def contention_rows(sections: dict[str, str], names: list[str]) -> list[str]:
+    """The summary table: each script's comparison lines (``_contention``), from the stdout
+    recorded in its section."""
+    rows = [
+        "| script | figure | idle | contended | ratio | meets 1/2.3? | conditions |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        if name not in sections:
+            rows.append(f"| {name} | not run yet | | | | | |")
+            continue
+        stdout = STDOUT.search(sections[name])
+        found = _contention.parse(stdout.group(2)) if stdout else []
+        if not found:
+            # A record from before --contended, or a run that failed before its figure.
+            rows.append(f"| [{name}](#{name}) | no contended figure recorded | | | | | |")
+        for c in found:
+            cells = [
+                c["figure"],
+                c["idle"],
+                c["contended"],
+                f"{c['ratio']} ({c['kind']})",
+                c["verdict"],
+                c["context"],
+            ]
+            rows.append(
+                f"| [{name}](#{name}) | " + " | ".join(x.replace("|", "\\|") for x in cells) + " |"
+            )
+    return rows
+
+
 def write(sections: dict[str, str], names: list[str]) -> None:
     """RESULTS.md from the sections, in script order, written atomically."""
     rows = ["| benchmark | date | wall time | exit status |", "|---|---|---|---|"]
@@ -179,6 +220,16 @@ def write(sections: dict[str, str], names: list[str]) -> None:
             "in `benchmarks/` is one claim: it prints its measured figure beside its target.",
             "Refresh one with `make bench ONLY=name`; each section keeps the date, machine and",
             "commit it was measured on. Earlier, hand-recorded figures: `docs/findings.md`.",
+            "",
+            "Idle and contended: each script's main figure measured idle, then beside one busy",
+            "process spinning on a core (`--contended`, `benchmarks/_contention.py`). The ratio is",
+            "the contended speed over the idle speed (a throughput contended/idle, a time",
+            f"idle/contended); the target is >= 1/2.3 = {_contention.TARGET:.2f}, the fair share "
+            f"of one core in two {_contention.FAIR_SHARE:.2f}.",
+            "Conditions: the CPU share the busy process got (below 1: others competed as well)",
+            "and the 1-minute load average before the idle run and after the contended one.",
+            "",
+            *contention_rows(sections, names),
             "",
             *rows,
             "",
