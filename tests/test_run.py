@@ -119,9 +119,9 @@ def test_wrong_recipe_and_incompatible_version(trained, tmp_path):
 
 def test_export_matches_onnxruntime(trained, tmp_path):
     sidecar = export_run(trained / "run", tmp_path)
-    assert sidecar["parity_max_scaled"] <= 1 and (tmp_path / "sampler.onnx").is_file()
+    assert sidecar["parity_max_scaled"] <= 1 and (tmp_path / "sample.onnx").is_file()
     assert sidecar["inputs"]["context"]["columns"][0]["name"] == "c"
-    assert json.loads((tmp_path / "sampler.json").read_text())["opset"] >= 17
+    assert json.loads((tmp_path / "sample.json").read_text())["opset"] >= 17
 
 
 def test_cli_sample_writes_parquet(trained, tmp_path, runner):

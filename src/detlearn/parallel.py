@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import multiprocessing
+import multiprocessing.forkserver
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -128,9 +129,7 @@ def prestart(cfg: ExecutorConfig, preload: Sequence[str] = ()) -> None:
     if cfg.kind != "local" or cfg.workers < 2:
         return
     if _context(preload).get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+        multiprocessing.forkserver.ensure_running()
 
 
 def _require(module: str, extra: str) -> Any:

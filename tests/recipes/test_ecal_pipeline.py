@@ -44,7 +44,7 @@ def _config(out, **model):
 
 def test_the_demo_path_writes_a_report_per_mass_and_an_exported_cnn(demo):
     out, result = demo
-    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    metrics = json.loads((out / "report" / "cnn" / "metrics.json").read_text())
     rows = metrics["tables"][0]["rows"]
     assert [r["mass [MeV]"] for r in rows] == [1.0, 5.0, 100.0]
     assert [r["in training"] for r in rows] == [True, False, True]
@@ -54,9 +54,24 @@ def test_the_demo_path_writes_a_report_per_mass_and_an_exported_cnn(demo):
     generic = metrics["sections"][0]["metrics"]
     assert 0 <= generic["auc"]["value"] <= 1 and generic["test_background_events"] > 0
     assert {"roc_per_mass.png", "gallery.png"} <= {f["file"] for f in metrics["figures"]}
-    assert (
-        result["export"]["model"] == "classifier.onnx" and result["export"]["parity_max_abs"] < 1e-4
+    assert result["export"]["cnn"]["model"] == "classifier.onnx"
+    assert result["export"]["cnn"]["parity_max_abs"] < 1e-4
+
+
+def test_the_demo_compares_every_model_and_refuses_numbers_it_cannot_resolve(demo):
+    out, result = demo
+    assert result["report"] == out / "report" / "report.html"
+    compared = json.loads((out / "report" / "metrics.json").read_text())
+    assert [r["model"] for r in compared["tables"][0]["rows"]] == list(
+        get_recipe("ecal-veto").variants
     )
+    # Unresolved working points give no margin and no loss, and so unmet targets.
+    assert compared["metrics"] == {
+        "best_network_margin_over_bdt": None,
+        "heldout_mass_loss": None,
+    }
+    assert compared["passed"] is False
+    assert result["export"]["bdt"] is None  # the BDT travels as LightGBM's text model
 
 
 def test_every_event_is_a_row_and_empty_events_are_kept(demo):

@@ -78,8 +78,8 @@ def test_export_matches_pytorch_to_1e_5_of_the_target_scale(demo):
     out, result = demo
     sidecar = json.loads((out / "run" / "export" / "regressor.json").read_text())
     assert result["export"]["model"] == "regressor.onnx"
-    assert sidecar["parity_max_scaled"] <= 1 and sidecar["parity_rows"] > 1000
-    assert isinstance(sidecar["center_folded"], bool)
+    assert sidecar["parity"]["max_scaled"] <= 1 and sidecar["parity"]["rows"] > 1000
+    assert isinstance(sidecar["normalization"]["inputs"]["center_folded"], bool)
     assert len(sidecar["inputs"]["inputs"]["columns"]) == 36
     assert sidecar["outputs"]["genE"]["unit"] == "GeV"
 

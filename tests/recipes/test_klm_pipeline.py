@@ -51,10 +51,10 @@ def test_report_has_every_target_and_figure(demo):
 
 def test_export_sidecar_names_inputs_and_units(demo):
     out, result = demo
-    sidecar = json.loads((out / "run" / "export" / "sampler.json").read_text())
+    sidecar = json.loads((out / "run" / "export" / "sample.json").read_text())
     assert [c["name"] for c in sidecar["inputs"]["context"]["columns"]] == ["z", "theta", "p"]
     assert sidecar["outputs"]["sample"]["columns"][0]["unit"] == "ns"
-    assert sidecar["parity_max_scaled"] <= 1 and result["timings"]["total"] > 0
+    assert sidecar["parity"]["max_scaled"] <= 1 and result["timings"]["total"] > 0
 
 
 def test_evaluate_rejects_a_run_of_another_recipe(demo, tmp_path):

@@ -91,6 +91,7 @@ import math
 import numba
 import numpy as np
 
+from detlearn.data.hits import hit_column, hit_offsets
 from detlearn.errors import DetlearnError
 
 __all__ = [
@@ -258,30 +259,16 @@ def _features(offsets, x, y, z, e, layer, back_layer, edges2, radius2, min_z_var
 
 def _check_hits(counts: np.ndarray, arrays: dict[str, np.ndarray]) -> tuple:
     """Offsets [N + 1] and the hit arrays as contiguous float64, or a DetlearnError."""
-    counts = np.asarray(counts)
-    if counts.ndim != 1 or (counts.size and not np.issubdtype(counts.dtype, np.integer)):
-        raise DetlearnError(
-            f"hit_features: counts must be a 1-D integer array (got {counts.dtype}, "
-            f"shape {counts.shape})"
-        )
-    if counts.size and counts.min() < 0:
-        raise DetlearnError("hit_features: counts must be >= 0")
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = hit_offsets(counts, "hit_features")
     checked = []
     for name, values in arrays.items():
         values = np.asarray(values)
-        if values.ndim != 1 or len(values) != offsets[-1]:
-            raise DetlearnError(
-                f"hit_features: '{name}' must be 1-D with counts.sum() = {offsets[-1]} values "
-                f"(got shape {values.shape})"
-            )
         if name == "layer":
             if values.size and not np.issubdtype(values.dtype, np.integer):
                 raise DetlearnError(f"hit_features: 'layer' must be integers (got {values.dtype})")
-            checked.append(np.ascontiguousarray(values, dtype=np.int64))
+            checked.append(hit_column(values, offsets, name, "hit_features", np.int64))
             continue
-        values = np.ascontiguousarray(values, dtype=np.float64)
+        values = hit_column(values, offsets, name, "hit_features")
         if not np.isfinite(values).all():
             raise DetlearnError(f"hit_features: '{name}' has values that are not finite")
         checked.append(values)

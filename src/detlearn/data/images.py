@@ -54,6 +54,7 @@ from typing import Literal
 import numba
 import numpy as np
 
+from detlearn.data.hits import hit_column, hit_offsets
 from detlearn.errors import DetlearnError
 
 __all__ = [
@@ -302,24 +303,11 @@ def _fill_zsplit(offsets, x, y, z, e, bx, by, bz, clip, norm, out, outside):  # 
 
 
 def _hits(counts: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, e: np.ndarray) -> tuple:
-    counts = np.asarray(counts)
-    if counts.ndim != 1 or (counts.size and not np.issubdtype(counts.dtype, np.integer)):
-        raise DetlearnError(
-            f"build_images: counts must be a 1-D integer array (got {counts.dtype})"
-        )
-    if counts.size and counts.min() < 0:
-        raise DetlearnError("build_images: counts must be >= 0")
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    arrays = []
-    for name, values in zip("xyze", (x, y, z, e), strict=True):
-        values = np.ascontiguousarray(values, dtype=np.float64)
-        if values.ndim != 1 or len(values) != offsets[-1]:
-            raise DetlearnError(
-                f"build_images: '{name}' must be 1-D with counts.sum() = {offsets[-1]} values "
-                f"(got shape {values.shape})"
-            )
-        arrays.append(values)
+    offsets = hit_offsets(counts, "build_images")
+    arrays = [
+        hit_column(values, offsets, name, "build_images")
+        for name, values in zip("xyze", (x, y, z, e), strict=True)
+    ]
     return offsets, *arrays
 
 

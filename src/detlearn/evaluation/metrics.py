@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 from scipy.spatial.distance import cdist
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from detlearn.errors import DetlearnError
 
@@ -215,10 +218,6 @@ def c2st_auc(
             a pair label: a tree that memorized (c_i, class a) in training scores the test twin
             (c_i, class b) as a, which pulls the AUC below 0.5 even for identical samples.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import roc_auc_score
-    from threadpoolctl import threadpool_limits
-
     x_a, x_b = _rows(x_a), _rows(x_b)
     if x_a.shape[1] != x_b.shape[1]:
         raise DetlearnError(f"c2st_auc: samples have {x_a.shape[1]} and {x_b.shape[1]} features")

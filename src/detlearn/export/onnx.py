@@ -1,7 +1,9 @@
-"""ONNX helpers every family's exporter shares: tracing, opset, and the parity record.
+"""ONNX helpers every family's exporter shares: tracing, opset, and the parity check.
 
 Every exported graph has opset >= 17 and a dynamic batch axis, and is checked against
-onnxruntime on held-out inputs; :func:`parity` is the record of that check kept in the sidecar.
+onnxruntime on held-out inputs; :func:`check_parity` makes that check and returns its record,
+the sidecar's :class:`~detlearn.export.sidecar.Parity`, or refuses an export that is not
+faithful.
 """
 
 from __future__ import annotations
@@ -11,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from detlearn._files import atomic_path
+from detlearn.errors import DetlearnError
+from detlearn.export.sidecar import Parity
 
-__all__ = ["OPSET", "PARITY_ATOL", "PARITY_RTOL", "export_onnx", "parity"]
+__all__ = [
+    "OPSET",
+    "PARITY_ATOL",
+    "PARITY_RTOL",
+    "check_parity",
+    "export_onnx",
+    "session",
+]
 
 OPSET = 17
 # float32 round-off of a few hundred graph operations: |onnx - torch| <= atol + rtol |torch|.
@@ -34,7 +46,12 @@ def export_onnx(
     """Trace ``module`` (eval mode) to ONNX at ``path`` atomically, batch axis 0 dynamic.
 
     Uses the TorchScript exporter (``dynamo=False``), which needs no onnxscript.
+
+    Raises:
+        ValueError: ``opset`` is below 17.
     """
+    if opset < OPSET:
+        raise ValueError(f"opset must be >= {OPSET}, got {opset}")
     path = Path(path)
     was_training = module.training
     batch = {0: "batch"}
@@ -62,13 +79,51 @@ def export_onnx(
     return path
 
 
-def parity(got: np.ndarray, want: np.ndarray, tolerance: Any) -> dict[str, float]:
-    """The sidecar's parity record of outputs ``got`` against ``want``; ``tolerance`` (a scalar
-    or per value) is the criterion's unit of ``parity_max_scaled`` (faithful when <= 1)."""
-    diff = np.abs(got - want)
-    return {
-        "parity_max_abs": float(diff.max()),
-        "parity_max_rel": float((diff / np.maximum(np.abs(want), 1e-6)).max()),
-        "parity_max_scaled": float((diff / tolerance).max()),
-        "parity_rows": len(want),
-    }
+def session(model: str | Path | bytes) -> ort.InferenceSession:
+    """An onnxruntime CPU session of a graph file (or its serialized bytes)."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    got: np.ndarray,
+    want: np.ndarray,
+    tolerance: Any,
+    criterion: str,
+    what: str | Path,
+    rel_floor: float = 1e-6,
+) -> Parity:
+    """Check onnxruntime's outputs ``got`` against PyTorch's ``want`` (rows along axis 0).
+
+    ``tolerance`` (a scalar, or one per value) bounds |got - want|; ``criterion`` says it in
+    words for the sidecar. Equal non-finite values (a log-density's -inf outside the support)
+    agree; any other non-finite value, or NaN, does not.
+
+    Returns:
+        The sidecar's parity record: largest absolute and relative (to max(|want|,
+        ``rel_floor``)) difference, the largest in units of ``tolerance``, the number of rows.
+
+    Raises:
+        DetlearnError: a difference exceeds the tolerance (naming ``what``, the graph).
+    """
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise DetlearnError(f"{what}: onnxruntime gives shape {got.shape}, PyTorch {want.shape}")
+    with np.errstate(invalid="ignore"):
+        diff = np.where(got == want, 0.0, np.abs(got - want))
+        scaled = float(np.max(diff / tolerance, initial=0.0))
+    finite = np.isfinite(want)
+    rel = diff[finite] / np.maximum(np.abs(want[finite]), rel_floor)
+    if not scaled <= 1:  # NaN fails too
+        raise DetlearnError(
+            f"{what}: onnxruntime differs from PyTorch by {np.max(diff):.2e} (relative "
+            f"{np.max(rel, initial=0.0):.1e}) on {len(want)} rows, more than {criterion}; "
+            "the export is not faithful"
+        )
+    return Parity(
+        max_abs=float(np.max(diff, initial=0.0)),
+        max_rel=float(np.max(rel, initial=0.0)),
+        max_scaled=scaled,
+        rows=len(want),
+        criterion=criterion,
+    )

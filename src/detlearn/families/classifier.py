@@ -13,20 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-import torch
 
-from detlearn._files import atomic_write_json
 from detlearn.errors import DetlearnError
 from detlearn.evaluation.classification import roc_curve, summarize
-from detlearn.export.onnx import OPSET, PARITY_ATOL, PARITY_RTOL, export_onnx, parity
+from detlearn.export.classifier import export_classifier
 from detlearn.families.base import Family
 from detlearn.io.dataset import Dataset
 from detlearn.plots.classification import plot_roc, plot_scores
 from detlearn.report import Section
-from detlearn.runs.classification import Classifier, network_inputs, train_classifier
+from detlearn.runs.classification import Classifier, train_classifier
 
-__all__ = ["CLASSIFIER", "evaluate_classifier", "export_classifier", "test_scores"]
+__all__ = ["CLASSIFIER", "evaluate_classifier", "test_scores"]
 
 
 def test_scores(
@@ -105,71 +102,6 @@ def evaluate_classifier(run_dir: Path, out_dir: Path, seed: int = 0) -> Section:
             ),
         ],
     )
-
-
-def export_classifier(run_dir: Path, out: Path, rows: int = 4096, seed: int = 0) -> dict[str, Any]:
-    """The network as ONNX, its inputs as the network sees them (``images`` [N, C, H, W]; or
-    ``hits`` [N, K, F] and ``mask`` [N, K]; plus ``mass`` [N] MeV when mass-parameterized),
-    output ``logit`` [N] (P(signal) = sigmoid(logit)); the sidecar documents the pre-step
-    (the image or point-cloud settings). Parity against PyTorch on ``rows`` test events.
-
-    The bdt baseline is not exported: onnxmltools' LightGBM converter differed from LightGBM
-    by up to 0.14 in P(signal) on 20 000 test rows (measured), and skl2onnx cannot convert
-    scikit-learn's HistGradientBoosting with the onnx release in use; its model travels as
-    LightGBM's own text file, which C++ LightGBM reads.
-    """
-    clf = Classifier.load(run_dir)
-    cfg = clf.config
-    if cfg.arch == "bdt":
-        raise DetlearnError(
-            f"{run_dir}: the bdt baseline is not exported to ONNX (no faithful converter: "
-            "onnxmltools differs from LightGBM by up to 0.14 in P(signal)); use "
-            f"{run_dir / 'classifier' / 'model.txt'} with LightGBM"
-        )
-    label = clf.info.target_names[0]
-    test = clf.info.load_split([*cfg.hits, label], "test", max_rows=rows)
-    inputs = network_inputs(cfg, test)
-    names = [k for k in clf.model.batch_keys[:-1] if k != "mass"]
-    arrays = [np.ascontiguousarray(inputs[k]) for k in names]
-    if cfg.mass_parameterized:
-        rng = np.random.default_rng(seed)
-        names.append("mass")
-        arrays.append(rng.choice(clf.signal_masses, len(arrays[0])).astype(np.float32))
-    path = out / "classifier.onnx"
-    model = clf.model.eval()
-    export_onnx(model, tuple(torch.from_numpy(a[:2]) for a in arrays), path, names, ["logit"])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["logit"], dict(zip(names, arrays, strict=True)))[0]
-    with torch.inference_mode():
-        want = model(*(torch.from_numpy(a) for a in arrays)).numpy()
-    checked = parity(got, want, PARITY_ATOL + PARITY_RTOL * np.abs(want))
-    if not checked["parity_max_scaled"] <= 1:
-        raise DetlearnError(
-            f"{path}: onnxruntime differs from PyTorch by {checked['parity_max_abs']:.2e}"
-        )
-    sidecar = {
-        "model": path.name,
-        "opset": OPSET,
-        "recipe": clf.info.recipe,
-        "detlearn_version": clf.info.detlearn_version,
-        "inputs": {
-            name: {"shape": ["batch", *a.shape[1:]], "dtype": "float32"}
-            for name, a in zip(names, arrays, strict=True)
-        },
-        "outputs": {
-            "logit": {"shape": ["batch"], "dtype": "float32", "note": "P = sigmoid(logit)"}
-        },
-        "preprocessing": {
-            "arch": cfg.arch,
-            "hits": cfg.hits,
-            "image": cfg.image.model_dump(mode="json") if cfg.arch == "cnn" else None,
-            "max_hits": cfg.max_hits if cfg.arch == "point_cloud" else None,
-            "signal_masses": clf.signal_masses,
-        },
-        **checked,
-    }
-    atomic_write_json(out / "classifier.json", sidecar)
-    return sidecar
 
 
 CLASSIFIER = Family(

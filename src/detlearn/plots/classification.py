@@ -32,7 +32,8 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
     ax.set_xlabel(r"background efficiency $\varepsilon_B$")
     ax.set_ylabel(r"signal efficiency $\varepsilon_S$")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     exp_label(ax)
     return save(fig, path)
 
@@ -52,6 +53,7 @@ def plot_scores(scores: np.ndarray, labels: np.ndarray, path: str | Path) -> Pat
     ax.set_yscale("log")
     ax.set_xlabel("P(signal) (below 1e-6 in the first bin)")
     ax.set_ylabel("density")
-    ax.legend(loc="upper center")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center")
     exp_label(ax)
     return save(fig, path)

@@ -18,7 +18,7 @@ from detlearn.config import read_yaml
 from detlearn.io.sources import Chunk
 from detlearn.report import Section
 
-__all__ = ["Evaluate", "Extract", "Recipe", "Simulate"]
+__all__ = ["Compare", "Evaluate", "Extract", "Recipe", "Simulate"]
 
 
 class Simulate(Protocol):
@@ -44,6 +44,9 @@ class Evaluate(Protocol):
 
 #: ``extract(chunk, data) -> columns``: the rows of one work item (a file's entry range).
 Extract = Callable[[Chunk, Any], dict[str, np.ndarray]]
+#: ``compare(reports, out_dir) -> report.html``: the demo's models side by side, from their
+#: reports (variant name -> its report.html).
+Compare = Callable[[Mapping[str, Path], Path], Path]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Recipe:
         extract: the extractor of ``data.extractor: <name>``; None: the config's branch
             expressions do it.
         demo_overrides: config overrides of the demo.
+        variants: models the demo trains side by side (name -> config overrides), each its
+            own run, report and export; empty: one model.
+        compare: the report comparing the variants.
     """
 
     name: str
@@ -72,6 +78,8 @@ class Recipe:
     demo_events: int
     extract: Extract | None = None
     demo_overrides: Mapping[str, Any] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    compare: Compare | None = None
 
     def default_config(self) -> dict[str, Any]:
         """The recipe's default run config (its ``recipe.yaml``) as a dict."""

@@ -30,12 +30,14 @@ from detlearn.plots.style import exp_label, save, styled
 from detlearn.report import Section, write_report
 from detlearn.runs.classification import Classifier, network_inputs
 
-__all__ = ["EFF_B", "OPTIONS", "evaluate"]
+__all__ = ["EFF_B", "OPTIONS", "REFERENCE_EFF_B", "evaluate", "mean_efficiency"]
 
 #: Defaults of ``evaluation.options``.
 OPTIONS: dict[str, Any] = {"gallery": 4}
 #: The background efficiencies of the working points.
 EFF_B = (1e-2, 1e-3, 1e-4)
+#: The working point the summary compares models at (its 68 % bootstrap interval is kept).
+REFERENCE_EFF_B = 1e-3
 
 
 def _per_mass(
@@ -65,8 +67,23 @@ def _per_mass(
         }
         for wp in summary["working_points"]:
             row[f"ε_S at ε_B={wp['eff_b_target']:g}"] = wp["eff_s"]
+            if wp["eff_b_target"] == REFERENCE_EFF_B:
+                row["ε_S lo"], row["ε_S hi"] = wp["eff_s_lo"], wp["eff_s_hi"]
         rows.append(row)
     return rows, curves
+
+
+def mean_efficiency(rows: list[dict[str, Any]], trained: bool | None = None) -> dict[str, Any]:
+    """The mean over masses of ε_S at ε_B = 1e-3, with the mean of the masses' bootstrap
+    half-widths as its error (the masses share one background sample, so their errors are
+    taken as fully correlated); ``trained`` keeps the trained (True) or held-out (False) masses.
+    None where a mass's working point is not resolved."""
+    eff = f"ε_S at ε_B={REFERENCE_EFF_B:g}"
+    chosen = [r for r in rows if trained is None or r["in training"] == trained]
+    if not chosen or any(r[eff] is None for r in chosen):
+        return {"value": None, "error": None}
+    errors = [(r["ε_S hi"] - r["ε_S lo"]) / 2 for r in chosen]
+    return {"value": float(np.mean([r[eff] for r in chosen])), "error": float(np.mean(errors))}
 
 
 @styled
@@ -142,15 +159,10 @@ def evaluate(
         )
     )
 
-    eff = "ε_S at ε_B=0.001"
-
-    def mean_eff(trained: bool) -> float | None:
-        values = [r[eff] for r in rows if r["in training"] == trained and r[eff] is not None]
-        return float(np.mean(values)) if values else None
-
     metrics = {
-        "mean_eff_s_at_1e-3_trained_masses": mean_eff(True),
-        "mean_eff_s_at_1e-3_heldout_masses": mean_eff(False),
+        "mean_eff_s_at_1e-3": mean_efficiency(rows),
+        "mean_eff_s_at_1e-3_trained_masses": mean_efficiency(rows, trained=True),
+        "mean_eff_s_at_1e-3_heldout_masses": mean_efficiency(rows, trained=False),
         "masses": len(rows),
     }
     variant = " (mass-parameterized)" if clf.config.mass_parameterized else ""

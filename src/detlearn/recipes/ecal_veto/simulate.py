@@ -96,6 +96,7 @@ import uproot
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detlearn._files import atomic_path
+from detlearn._progress import track
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
 from detlearn.recipes.ecal_veto import geometry as geo
@@ -728,8 +729,4 @@ def simulate(
         batch = simulate_sample(mass, n, seed, cfg)
         return write_events(batch, out_dir / sample_file_name(mass), cfg.compression)
 
-    if len(samples) == 1:
-        return [one(samples[0])]
-    from rich.progress import track
-
-    return [one(s) for s in track(samples, "simulating ECal samples", transient=True)]
+    return [one(s) for s in track(samples, "simulating ECal samples")]

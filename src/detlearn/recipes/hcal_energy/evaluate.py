@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from detlearn.config import merge_options
 from detlearn.errors import DetlearnError
@@ -94,8 +95,6 @@ def _plots(
     pu_edges: list[float],
     out: Path,
 ) -> list[tuple[str, Path]]:
-    from matplotlib.figure import Figure
-
     @styled
     def per_pu(i: int, key: str, ylabel: str) -> Path:
         sel = [r for r in rows if r["pu_bin"] == i]
