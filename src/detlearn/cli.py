@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from detlearn.config import deep_merge, dump_commented_yaml, validate_config
 from detlearn.errors import DetlearnError, DetlearnWarning
@@ -62,7 +63,7 @@ def _user_errors(fn: F) -> F:
             try:
                 return fn(*args, **kwargs)
             except (DetlearnError, OSError) as e:
-                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(code=DetlearnError.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -73,7 +74,9 @@ def _one_line_warning(other: Callable[..., None]) -> Callable[..., None]:
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, DetlearnWarning):
-            err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+            )
         else:
             other(message, category, *args, **kwargs)
 
@@ -130,7 +133,7 @@ def simulate(
     options = rec.default_config().get("simulate", {})
     options.update(parse_overrides(set_))
     files = rec.simulate(out_dir, events, seed, options)
-    out.print(f"wrote {len(files)} file(s) to {out_dir}")
+    out.print(f"wrote {len(files)} file(s) to {out_dir}", markup=False)
 
 
 @app.command()
@@ -159,8 +162,12 @@ def prepare(
         f"rows/s {summary.rows_per_second:,.0f}  skipped {summary.skipped}  "
         f"failed {len(summary.failed)}"
     )
+    if summary.dropped():
+        out.print(f"dropped: {summary.dropped()}", highlight=False, markup=False)
     for bad in summary.failed:
-        err.print(f"[yellow]failed:[/] {bad['path']}: {bad['reason']}", highlight=False)
+        err.print(
+            f"[yellow]failed:[/] {escape(bad['path'])}: {escape(bad['reason'])}", highlight=False
+        )
 
 
 @app.command()
@@ -178,7 +185,7 @@ def train(
     """Train the config's model on a prepared dataset; writes a run folder."""
     cfg = load_config(config, parse_overrides(set_))
     run_dir = run_train(cfg, data, out_dir, resume=resume, progress=not quiet)
-    out.print(f"trained run in {run_dir}")
+    out.print(f"trained run in {run_dir}", markup=False)
 
 
 def parse_context(items: list[str]) -> dict[str, list[float]]:
@@ -218,7 +225,7 @@ def sample(
     surrogate = Surrogate.load(run)
     contexts = parse_context(context)
     write_samples(surrogate, contexts, n, output, seed=seed)
-    out.print(f"wrote {n * len(next(iter(contexts.values()))):,} samples to {output}")
+    out.print(f"wrote {n * len(next(iter(contexts.values()))):,} samples to {output}", markup=False)
 
 
 @app.command()
@@ -231,7 +238,7 @@ def evaluate(
     report.html + metrics.json."""
     report = run_evaluate(run, out_dir)
     _print_checks(report)
-    out.print(f"report: {report}")
+    out.print(f"report: {report}", markup=False)
 
 
 def _print_checks(report: Path) -> None:
@@ -273,7 +280,8 @@ def demo(
     overrides = deep_merge(dict(rec.demo_overrides), parse_overrides(set_))
     result = run_recipe(recipe, out_dir, int(n), seed, overrides, console=out)
     _print_checks(result["report"])
-    out.print(f"report: {result['report']}   total {result['timings']['total'] / 60:.1f} min")
+    total = result["timings"]["total"] / 60
+    out.print(f"report: {result['report']}   total {total:.1f} min", markup=False)
 
 
 def main() -> None:

@@ -114,5 +114,5 @@ def _exported(run_dir: Path, console: Console) -> dict[str, Any] | None:
     try:
         return export_run(run_dir)
     except DetlearnError as err:
-        console.print(f"not exported: {err}")
+        console.print(f"not exported: {err}", markup=False)
         return None

@@ -53,6 +53,22 @@ class PrepareSummary:
     seconds: float
     skipped: int
     failed: list[dict[str, str]] = field(default_factory=list)
+    #: Entries read, rows the extractor and selection gave, and per column the rows dropped
+    #: for a non-finite value (a row may count under several columns).
+    entries: int = 0
+    extracted: int = 0
+    nonfinite: dict[str, int] = field(default_factory=dict)
+
+    def dropped(self) -> str:
+        """One line on what was left out: by the selection (one row per entry) and as
+        non-finite, per column; empty when nothing was."""
+        parts = []
+        if self.extracted < self.entries:
+            parts.append(f"selection kept {self.extracted:,} of {self.entries:,} entries")
+        if self.nonfinite:
+            cols = ", ".join(f"{k} {v:,}" for k, v in sorted(self.nonfinite.items()))
+            parts.append(f"non-finite rows dropped: {self.extracted - self.rows:,} ({cols})")
+        return "; ".join(parts)
 
     @property
     def rows_per_second(self) -> float:
@@ -181,6 +197,7 @@ def process_item(
     group = group_column(data)
     if group not in values:
         raise DetlearnError(f"{chunk.where}: extractor returned no group column '{group}'")
+    extracted = len(values[group])
     values, nonfinite = _drop_nonfinite(values, data, chunk.path)
     checksum = write_shard(values, shard)
     record = {
@@ -192,6 +209,8 @@ def process_item(
         "checksum": checksum,
         "config_hash": chash,
         "nonfinite_dropped": nonfinite,
+        "nonfinite_rows": extracted - len(values[group]),
+        "extracted_rows": extracted,
         "dtypes": {k: column_dtype(v) for k, v in values.items()},
     }
     atomic_write_json(shard.with_suffix(".done.json"), record)
@@ -227,6 +246,8 @@ def prepare(
     ``failed`` in the manifest and the rest completes.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DetlearnError(f"{out}: --out is a file, not a dataset folder")
     data = cfg.data
     t0 = time.perf_counter()
     chash = data_hash(data)
@@ -235,6 +256,7 @@ def prepare(
     sources, failed = resolve_sources(data.inputs, data.tree, data.on_error)
     items = plan_work_items(sources, data.step_size)
     shard_dir = out / "shards"
+    made = [p for p in (out, shard_dir) if not p.exists()]
     shard_dir.mkdir(parents=True, exist_ok=True)
     for stale in shard_dir.glob(".*.tmp"):  # left by a killed run
         stale.unlink(missing_ok=True)
@@ -289,6 +311,14 @@ def prepare(
     ]
     rows = sum(s["rows"] for s in shards)
     if rows == 0:
+        # A failed preparation leaves no empty folder behind that looks like a dataset.
+        for folder in reversed(made):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if not shards and failed:
+            reasons = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
+            more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+            raise DetlearnError(f"every input file failed ({len(failed)}): {reasons}{more}")
         entries = sum(s["entry_stop"] - s["entry_start"] for s in shards)
         raise DetlearnError(
             f"{out}: no rows left to write ({entries} entries read, 0 rows after selection "
@@ -310,6 +340,10 @@ def prepare(
         "rows": rows,
     }
     atomic_write_json(out / MANIFEST, manifest)
+    nonfinite: dict[str, int] = {}
+    for s in shards:
+        for name, count in s.get("nonfinite_dropped", {}).items():
+            nonfinite[name] = nonfinite.get(name, 0) + count
     return PrepareSummary(
         out=out,
         files=len({s["source"]["path"] for s in shards}),
@@ -318,6 +352,9 @@ def prepare(
         seconds=time.perf_counter() - t0,
         skipped=skipped,
         failed=failed,
+        entries=sum(s["entry_stop"] - s["entry_start"] for s in shards),
+        extracted=sum(s.get("extracted_rows", s["rows"]) for s in shards),
+        nonfinite=nonfinite,
     )
 
 

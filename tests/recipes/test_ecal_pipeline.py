@@ -66,10 +66,8 @@ def test_the_demo_compares_every_model_and_refuses_numbers_it_cannot_resolve(dem
         get_recipe("ecal-veto").variants
     )
     # Unresolved working points give no margin and no loss, and so unmet targets.
-    assert compared["metrics"] == {
-        "best_network_margin_over_bdt": None,
-        "heldout_mass_loss": None,
-    }
+    assert compared["metrics"]["best_network_margin_over_bdt"] is None
+    assert compared["metrics"]["heldout_mass_loss"] is None
     assert compared["passed"] is False
     assert result["export"]["bdt"] is None  # the BDT travels as LightGBM's text model
 

@@ -23,15 +23,15 @@ from detlearn.plots.classification import plot_roc, plot_scores
 from detlearn.report import Section
 from detlearn.runs.classification import Classifier, train_classifier
 
-__all__ = ["CLASSIFIER", "evaluate_classifier", "test_scores"]
+__all__ = ["CLASSIFIER", "evaluate_classifier", "scored_test_split"]
 
 
-def test_scores(
+def scored_test_split(
     clf: Classifier, seed: int = 0, max_rows: int | None = None
 ) -> dict[str, np.ndarray]:
-    """P(signal), label, weight (ones without a weight column) and mass (when the dataset has
-    one) of the run's test split; background events of a mass-parameterized model are scored
-    at a mass drawn from the training signal masses."""
+    """P(signal), label and weight (ones without a weight column) of the run's test split;
+    background events of a mass-parameterized model are scored at a mass drawn from the
+    training signal masses."""
     info, cfg = clf.info, clf.config
     label = info.target_names[0]
     ds = Dataset.open(info.dataset)
@@ -47,20 +47,17 @@ def test_scores(
         rng = np.random.default_rng(seed)
         mass[background] = rng.choice(clf.signal_masses, int(background.sum()))
     weights = ds.names("weight")
-    out = {
+    return {
         "score": clf.predict(test, mass),
         "label": y,
         "weight": test[weights[0]].astype(np.float64) if weights else np.ones_like(y),
     }
-    if cfg.mass_column in test:
-        out["mass"] = test[cfg.mass_column].astype(np.float64)
-    return out
 
 
 def evaluate_classifier(run_dir: Path, out_dir: Path, seed: int = 0) -> Section:
     """The classifier's generic metrics on the test split of its own data (module docstring)."""
     clf = Classifier.load(run_dir)
-    scored = test_scores(clf, seed, clf.info.config.evaluation.max_rows)
+    scored = scored_test_split(clf, seed, clf.info.config.evaluation.max_rows)
     score, label, weight = scored["score"], scored["label"], scored["weight"]
     summary = summarize(score, label, weight, seed=seed)
     roc = roc_curve(score, label, weight)

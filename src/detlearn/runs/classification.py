@@ -234,5 +234,7 @@ class Classifier:
             if self.config.mass_parameterized:
                 tensors.append(torch.from_numpy(masses[start : start + batch_size]))
             with torch.inference_mode():
-                parts.append(self.model.eval().predict_proba(*tensors).double().numpy())
+                # The sigmoid in float64: in float32 it reaches 1.0 at a logit of 17, and the
+                # hardest events would tie at the top of the ranking.
+                parts.append(torch.sigmoid(self.model.eval()(*tensors).double()).numpy())
         return np.concatenate(parts) if parts else np.zeros(0)

@@ -10,6 +10,11 @@ From each model's report (``metrics.json``, see :mod:`.evaluate`): the signal ef
   mass-parameterized CNN trained on all masses less that of the one that never saw them
   (≤ 0.02: two points of signal efficiency).
 
+Beside them, not targets, the same at ε_B = 1e-2: on the built-in simulator 0.7 % of the
+triggered photonuclear background leaves no hit in the ECal (its energy goes to neutrons and
+the recoil electron misses), and those events tie with the signal's empty events at the top of
+every ECal-only ranking, so ε_B = 1e-3 sits inside that tie.
+
 A value is None (and its target unmet) where the test set cannot resolve ε_B = 1e-3.
 """
 
@@ -38,6 +43,14 @@ TARGETS: dict[str, tuple[str, float]] = {
     "heldout_mass_loss": ("<=", 0.02),
 }
 _EFF = f"ε_S at ε_B={REFERENCE_EFF_B:g}"
+# A looser working point beside it: on the built-in simulator, ε_B = 1e-3 falls inside the
+# tie of events without an ECal hit (0.7 % of the background), which no ECal veto can split.
+_EFF_LOOSE = "ε_S at ε_B=0.01"
+
+
+def _mean(rows: list[dict[str, Any]], eff: str) -> float | None:
+    values = [r[eff] for r in rows]
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def _margin(summaries: Mapping[str, dict[str, Any]]) -> float | None:
@@ -50,13 +63,13 @@ def _margin(summaries: Mapping[str, dict[str, Any]]) -> float | None:
     return (best["value"] - best["error"]) - (bdt["value"] + bdt["error"])
 
 
-def _heldout_loss(tables: Mapping[str, list[dict[str, Any]]]) -> float | None:
+def _heldout_loss(tables: Mapping[str, list[dict[str, Any]]], eff: str = _EFF) -> float | None:
     held, everything = (tables.get(name) for name in HELDOUT_PAIR)
     if held is None or everything is None:
         return None
     masses = [r["mass [MeV]"] for r in held if not r["in training"]]
-    by_mass = {r["mass [MeV]"]: r[_EFF] for r in everything}
-    pairs = [(by_mass.get(m), r[_EFF]) for m in masses for r in held if r["mass [MeV]"] == m]
+    by_mass = {r["mass [MeV]"]: r[eff] for r in everything}
+    pairs = [(by_mass.get(m), r[eff]) for m in masses for r in held if r["mass [MeV]"] == m]
     if not pairs or any(a is None or b is None for a, b in pairs):
         return None
     return float(np.mean([a - b for a, b in pairs]))
@@ -100,6 +113,7 @@ def compare(reports: Mapping[str, Path], out_dir: Path) -> Path:
             "± (bootstrap)": s["mean_eff_s_at_1e-3"]["error"],
             "trained masses": s["mean_eff_s_at_1e-3_trained_masses"]["value"],
             "held-out masses": s["mean_eff_s_at_1e-3_heldout_masses"]["value"],
+            "mean ε_S at ε_B=1e-2": _mean(tables[name], _EFF_LOOSE),
             "report": f"{name}/report.html",
         }
         for name, s in summaries.items()
@@ -107,6 +121,7 @@ def compare(reports: Mapping[str, Path], out_dir: Path) -> Path:
     metrics = {
         "best_network_margin_over_bdt": _margin(summaries),
         "heldout_mass_loss": _heldout_loss(tables),
+        "heldout_mass_loss_at_1e-2": _heldout_loss(tables, _EFF_LOOSE),
     }
     figure = _per_mass_figure(tables, out_dir / "figures" / "eff_s_per_mass.png")
     return write_report(
