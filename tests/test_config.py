@@ -132,3 +132,42 @@ def test_merge_options_fills_defaults_and_names_a_misspelled_key():
         match=r"^evaluation.options: unknown option 'smaples'; did you mean 'samples'\?$",
     ):
         merge_options(defaults, {"smaples": 5}, "evaluation.options")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+            "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n",
+            "expands to more than",
+        ),
+        (
+            "training:\n" + "  " * 0 + "x: " + "[" * 2000 + "]" * 2000 + "\n",
+            "nested too deeply|not valid YAML|expands",
+        ),
+    ],
+)
+def test_hostile_yaml_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(DetlearnError, match=message):
+        load_config(path)
+
+
+def test_non_utf8_yaml_is_a_one_line_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"training: {lr: \xff}\n")
+    with pytest.raises(DetlearnError, match="not UTF-8"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "data:\n  columns:\n    p: &col {role: context, unit: GeV}\n    q: {<<: *col, unit: MeV}\n"
+    )
+    columns = load_config(path).data.columns
+    assert (columns["q"].role, columns["q"].unit) == ("context", "MeV")
+    assert columns["p"].unit == "GeV"

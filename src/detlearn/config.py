@@ -537,6 +537,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *defaults': its keys may be given again here, overriding them
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, Hashable):
                 if key in seen:
@@ -557,11 +559,40 @@ def read_yaml(path: Path) -> Any:
     """
     try:
         # _UniqueKeyLoader is a SafeLoader: no Python objects are built.
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        document = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
     except _DuplicateKey as err:
         raise DetlearnError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise DetlearnError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise DetlearnError(f"{path}: not valid YAML (not UTF-8 text)") from None
+    except RecursionError:
+        raise DetlearnError(f"{path}: nested too deeply to be a config") from None
+    _check_size(document, path)
+    return document
+
+
+#: The most values a config may expand to: aliases share objects, and printing or hashing a
+#: few nested aliases (a "billion laughs") expands them exponentially.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_size(document: Any, path: Path) -> None:
+    """A one-line error when ``document`` expands to more than :data:`MAX_CONFIG_VALUES`
+    values or nests deeper than 64 levels (counted without recursion, stopping at the limit)."""
+    count, stack = 0, [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES or depth > 64:
+            raise DetlearnError(
+                f"{path}: the config expands to more than {MAX_CONFIG_VALUES:,} values or 64 "
+                "levels (YAML aliases that repeat each other?)"
+            )
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def read_raw_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -304,3 +304,28 @@ def test_resolved_names_follow_the_names_present():
     np.testing.assert_allclose(ak.to_numpy(expr.evaluate(ARRAYS)), PX + PY)
     with pytest.raises(DetlearnError, match="unknown name 'py'"):
         expr.evaluate({"px": PX})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sqrt(x, where=x > 0)", "keyword argument 'where=' is not allowed"),
+        ("minimum(x, 0, out=x)", "keyword argument 'out=' is not allowed"),
+        ("x + 10**10**10", r"the exponent '10 \*\* 10' is not allowed"),
+        ("x ** (2 ** 5000)", "is not allowed"),
+        ("x + 123456789012345678901234567890", "too large"),
+        ("x" + " + x" * 5000, "characters long"),
+        ("(" * 300 + "x" + ")" * 300, "nested"),
+        ("-" * 150 + "x", "nested too deeply"),
+    ],
+)
+def test_the_sandbox_refuses_escapes_and_resource_bombs(text, message):
+    with pytest.raises(DetlearnError, match=message):
+        Expression(text)
+
+
+def test_allowed_keywords_and_small_powers_still_work():
+    x = np.array([1.0, 4.0, 9.0])
+    assert Expression("x ** 2 + 2 ** 10").evaluate({"x": x}).tolist() == [1025.0, 1040.0, 1105.0]
+    jagged = ak.Array([[1.0, 2.0], [3.0]])
+    assert Expression("ak.sum(h, axis=1)").evaluate({"h": jagged}).tolist() == [3.0, 3.0]

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from detlearn._files import atomic_path
+from detlearn._threads import usable_cpus
 from detlearn.errors import DetlearnError
 from detlearn.export.sidecar import Parity
 
@@ -80,9 +81,15 @@ def export_onnx(
 
 
 def session(model: str | Path | bytes) -> ort.InferenceSession:
-    """An onnxruntime CPU session of a graph file (or its serialized bytes)."""
+    """An onnxruntime CPU session of a graph file (or its serialized bytes), on the CPUs this
+    process may use, its idle threads sleeping: onnxruntime's own pool spins while it waits,
+    and beside one competing process that cost 60 % of the regressor's speed (the same
+    collapse as OpenMP's, see :mod:`detlearn._threads`)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = usable_cpus()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def check_parity(

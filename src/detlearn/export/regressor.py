@@ -145,8 +145,9 @@ def regressor_runtimes(
     """The regressor in torch eager, TorchScript and onnxruntime: name -> ``inputs -> [N]``.
 
     TorchScript runs :meth:`~detlearn.models.Regressor.folded`, scripted and optimized for
-    inference; onnxruntime (default session) the graph ``detlearn export`` writes, chosen with
-    the rows ``x`` (:func:`faithful_regressor_onnx`). Inputs [N, F] float32, physical units.
+    inference; onnxruntime (:func:`~detlearn.export.onnx.session`) the graph ``detlearn
+    export`` writes, chosen with the rows ``x`` (:func:`faithful_regressor_onnx`). Inputs
+    [N, F] float32, physical units.
     """
     model = model.eval()
     scripted = torch.jit.optimize_for_inference(torch.jit.script(model.folded()))

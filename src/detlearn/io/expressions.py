@@ -46,7 +46,23 @@ import numpy as np
 from detlearn.errors import DetlearnError
 from detlearn.io.sources import closest
 
-__all__ = ["AWKWARD_FUNCTIONS", "NUMPY_FUNCTIONS", "ColumnSet", "Expression"]
+__all__ = [
+    "ALLOWED_KEYWORDS",
+    "AWKWARD_FUNCTIONS",
+    "MAX_DEPTH",
+    "MAX_EXPONENT",
+    "MAX_LENGTH",
+    "NUMPY_FUNCTIONS",
+    "ColumnSet",
+    "Expression",
+]
+
+#: Keyword arguments a function call may take (``ak.sum(x, axis=1)``).
+ALLOWED_KEYWORDS = frozenset({"axis", "keepdims", "decimals", "ddof"})
+#: Resource limits of one expression: characters, nesting levels, size of a constant exponent.
+MAX_LENGTH = 10_000
+MAX_DEPTH = 100
+MAX_EXPONENT = 1024
 
 
 def _clip(x: Any, lower: Any, upper: Any) -> Any:
@@ -148,6 +164,22 @@ def _subscript(value: Any, index: Any) -> Any:
     return ak.firsts(values[ak.singletons(ak.mask(ak.Array(np.where(ok, idx, 0)), ok))])
 
 
+def _constant(node: ast.AST) -> bool:
+    """Whether ``node`` is built of number constants alone (no name, no call)."""
+    return all(isinstance(n, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop))
+               for n in ast.walk(node))  # fmt: skip
+
+
+def _depth(node: ast.AST) -> int:
+    """Nesting depth of an AST, without recursion (a deep tree must not crash the check)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in ast.iter_child_nodes(current))
+    return deepest
+
+
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     # awkward appends a link to the C++ kernel, which says nothing to the user.
@@ -203,6 +235,8 @@ class _Checker(ast.NodeVisitor):
     def visit_Constant(self, node: ast.Constant) -> None:
         if node.value not in (None, Ellipsis) and type(node.value) not in (int, float, bool):
             raise self.fail(f"the constant {node.value!r} is not allowed (numbers only)")
+        if type(node.value) is int and abs(node.value) > 2**63:
+            raise self.fail(f"the constant {node.value} is too large (at most 2**63)")
 
     def visit_Name(self, node: ast.Name) -> None:
         if node.id.startswith("__"):
@@ -233,7 +267,24 @@ class _Checker(ast.NodeVisitor):
         for kw in node.keywords:
             if kw.arg is None or kw.arg.startswith("__"):
                 raise self.fail("'**' keyword unpacking is not allowed")
+            if kw.arg not in ALLOWED_KEYWORDS:
+                # out= writes into another column, where= leaves uninitialized memory.
+                raise self.fail(
+                    f"the keyword argument '{kw.arg}=' is not allowed "
+                    f"(allowed: {', '.join(sorted(ALLOWED_KEYWORDS))})"
+                )
             self.visit(kw.value)
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        # Python evaluates a power of whole numbers exactly: 10**10**10 never ends.
+        if isinstance(node.op, ast.Pow) and _constant(node.right):
+            exponent = node.right
+            if not (isinstance(exponent, ast.Constant) and abs(exponent.value) <= MAX_EXPONENT):
+                raise self.fail(
+                    f"the exponent '{ast.unparse(exponent)}' is not allowed (a number of at "
+                    f"most {MAX_EXPONENT} in size)"
+                )
+        self.generic_visit(node)
 
 
 class _Resolver(ast.NodeTransformer):
@@ -338,6 +389,8 @@ class Expression:
         self.text = " ".join(str(text).split())
         self.column = column
         self.label = label if label is not None else (f"column '{column}'" if column else "")
+        if len(self.text) > MAX_LENGTH:
+            raise self._fail(f"{len(self.text):,} characters long (at most {MAX_LENGTH:,})")
         try:
             self._tree = ast.parse(self.text, mode="eval")
         except SyntaxError as err:
@@ -346,6 +399,10 @@ class Expression:
                 f"cannot parse {self._describe()}: {err.msg} at char {pos} "
                 f"({self.text[pos : pos + 10]!r})"
             ) from None
+        except (RecursionError, MemoryError):
+            raise self._fail(f"nested too deeply (at most {MAX_DEPTH} levels)") from None
+        if _depth(self._tree) > MAX_DEPTH:
+            raise self._fail(f"nested too deeply (at most {MAX_DEPTH} levels)")
         _Checker(self._fail, self.text).visit(self._tree)
         # Every chunk of a dataset resolves against the same names; copying, rewriting and
         # compiling the tree for each chunk cost half as much as the arithmetic on it (measured).
@@ -355,7 +412,8 @@ class Expression:
         return f"Expression({self.text!r})"
 
     def _describe(self) -> str:
-        return f"expression '{self.text}'" + (f" ({self.label})" if self.label else "")
+        text = self.text if len(self.text) <= 120 else f"{self.text[:100]}..."
+        return f"expression '{text}'" + (f" ({self.label})" if self.label else "")
 
     def _fail(self, reason: str) -> DetlearnError:
         return DetlearnError(f"{self._describe()}: {reason}")
