@@ -40,6 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+# Every benchmark imports this module before torch (it sorts first): detlearn's threading
+# policy (passive OpenMP waiting, threads from the usable CPUs) must be set before torch's
+# OpenMP runtime starts, as `import detlearn` does for the CLI and a user's script.
+import detlearn  # noqa: F401
+
 T = TypeVar("T")
 
 TARGET = 1 / 2.3  # contended speed / idle speed
