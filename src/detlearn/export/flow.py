@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ from detlearn.export.sidecar import (
     write_sidecar,
 )
 from detlearn.models import CountModel
-from detlearn.models.flows import ConditionalFlow, Support
+from detlearn.models.flows import ConditionalFlow
 from detlearn.runs.artifact import RunInfo
 from detlearn.runs.surrogate import Surrogate
 
@@ -95,36 +94,15 @@ class NoiseSampler(torch.nn.Module):
         return self.flow.sample_from_noise(noise, context)
 
 
-def _outside(support: Support, x: Tensor, c: Tensor) -> Tensor:
-    """Boolean [N]: some value of the row lies outside its support (``Support.outside``,
-    built without the in-place updates the ONNX exporter has no operator for)."""
-    columns = []
-    bounds = zip(support.relative, support.lower, support.upper, strict=True)
-    for j, (k, lo, hi) in enumerate(bounds):
-        bad = ~torch.isfinite(x[:, j])
-        if k is not None:
-            bad = bad | ~(c[:, k] > 0)
-        if lo is not None:
-            bad = bad | (x[:, j] <= lo)
-        if hi is not None:
-            bad = bad | (x[:, j] >= hi)
-        columns.append(bad)
-    return torch.stack(columns, dim=-1).any(dim=-1)
-
-
 class LogDensity(torch.nn.Module):
-    """(x, context) -> log p(x | context), the module traced for ``log_prob.onnx``: the maps
-    of :meth:`ConditionalFlow.log_prob` with :func:`_outside` for its support test."""
+    """(x, context) -> log p(x | context), the module traced for ``log_prob.onnx``."""
 
     def __init__(self, flow: ConditionalFlow) -> None:
         super().__init__()
         self.flow = flow
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        flow = self.flow
-        u, ladj = flow._to_flow_space(x, context)
-        lp = flow.flow(flow._context(context)).log_prob(u) + ladj
-        return torch.where(_outside(flow.support, x, context), -math.inf, lp)
+        return self.flow.log_prob(x, context)
 
 
 class CountParameters(torch.nn.Module):

@@ -132,13 +132,16 @@ class Support:
 
     def outside(self, x: Tensor, c: Tensor) -> Tensor:
         """Boolean [N, F]: the value is not finite or not strictly inside its bounds, or the
-        context column it is relative to is not > 0."""
-        bad = ~torch.isfinite(x)
+        context column it is relative to is not > 0. (No in-place updates: the ONNX exporter
+        traces this into ``log_prob.onnx``.)"""
+        columns = []
         for j, (k, lo, hi) in enumerate(zip(self.relative, self.lower, self.upper, strict=True)):
+            bad = ~torch.isfinite(x[:, j])
             if k is not None:
-                bad[:, j] |= ~(c[:, k] > 0)
+                bad = bad | ~(c[:, k] > 0)
             if lo is not None:
-                bad[:, j] |= x[:, j] <= lo
+                bad = bad | (x[:, j] <= lo)
             if hi is not None:
-                bad[:, j] |= x[:, j] >= hi
-        return bad
+                bad = bad | (x[:, j] >= hi)
+            columns.append(bad)
+        return torch.stack(columns, dim=-1)
