@@ -25,7 +25,7 @@ import yaml
 from rich.console import Console
 
 from detlearn._files import atomic_write_bytes
-from detlearn.config import deep_merge, read_yaml, validate_config
+from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config
 from detlearn.errors import DetlearnError
 from detlearn.families import export_run, get_family, train
 from detlearn.prepare import prepare
@@ -90,22 +90,28 @@ def run_recipe(
     step("simulate", lambda: rec.simulate(out / "sim", events, seed, cfg.simulate))
     summary = step("prepare", lambda: prepare(cfg, out / "dataset"))
     console.print(f"{summary.rows:,} rows from {summary.files} files")
+
+    def model(label: str, c: RunConfig, run: Path, reports: Path, export: Callable) -> tuple:
+        step(f"train{label}", lambda: train(c, out / "dataset", run))
+        report = step(f"evaluate{label}", lambda: evaluate(run, reports))
+        return report, step(f"export{label}", lambda: export(run))
+
     if not rec.variants:
-        step("train", lambda: train(cfg, out / "dataset", out / "run"))
-        report = step("evaluate", lambda: evaluate(out / "run", out / "report"))
-        sidecar = step("export", lambda: export_run(out / "run"))
-        timings["total"] = sum(timings.values())
-        return {"report": report, "export": sidecar, "timings": timings}
-    reports, sidecars = {}, {}
-    for name, variant in rec.variants.items():
-        vcfg = validate_config(deep_merge(cfg.model_dump(mode="json"), dict(variant)), name)
-        run, report_dir = out / "run" / name, out / "report" / name
-        step(f"train {name}", lambda c=vcfg, r=run: train(c, out / "dataset", r))
-        reports[name] = step(f"evaluate {name}", lambda r=run, d=report_dir: evaluate(r, d))
-        sidecars[name] = step(f"export {name}", lambda r=run: _exported(r, console))
-    report = step("compare", lambda: rec.compare(reports, out / "report"))
+        report, exported = model("", cfg, out / "run", out / "report", export_run)
+    else:
+        reports, exported = {}, {}
+        for name, variant in rec.variants.items():
+            vcfg = validate_config(deep_merge(cfg.model_dump(mode="json"), dict(variant)), name)
+            reports[name], exported[name] = model(
+                f" {name}",
+                vcfg,
+                out / "run" / name,
+                out / "report" / name,
+                lambda r: _exported(r, console),
+            )
+        report = step("compare", lambda: rec.compare(reports, out / "report"))
     timings["total"] = sum(timings.values())
-    return {"report": report, "export": sidecars, "timings": timings}
+    return {"report": report, "export": exported, "timings": timings}
 
 
 def _exported(run_dir: Path, console: Console) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from detlearn.families.base import Family
 from detlearn.io.dataset import Dataset
 from detlearn.plots.classification import plot_roc, plot_scores
 from detlearn.report import Section
-from detlearn.runs.classification import Classifier, train_classifier
+from detlearn.runs.classification import Classifier, background_masses, train_classifier
 
 __all__ = ["CLASSIFIER", "evaluate_classifier", "scored_test_split"]
 
@@ -42,10 +42,8 @@ def scored_test_split(
         raise DetlearnError(f"{info.dataset}: the test split needs signal and background events")
     mass = None
     if cfg.mass_parameterized:
-        mass = test[cfg.mass_column].astype(np.float32).copy()
-        background = y < 0.5
         rng = np.random.default_rng(seed)
-        mass[background] = rng.choice(clf.signal_masses, int(background.sum()))
+        mass = background_masses(y, test[cfg.mass_column], np.asarray(clf.signal_masses), rng)
     weights = ds.names("weight")
     return {
         "score": clf.predict(test, mass),

@@ -42,7 +42,13 @@ from detlearn.runs.artifact import RunInfo, TargetColumn, read_run_info
 from detlearn.runs.training_data import TrainingData, seeded
 from detlearn.training import fit
 
-__all__ = ["MODEL_DIR", "Classifier", "network_inputs", "train_classifier"]
+__all__ = [
+    "MODEL_DIR",
+    "Classifier",
+    "background_masses",
+    "network_inputs",
+    "train_classifier",
+]
 
 MODEL_DIR = "classifier"
 
@@ -78,10 +84,11 @@ def network_inputs(cfg: ClassifierConfig, events: Mapping[str, Any]) -> dict[str
     return {"features": feature_matrix(hit_features(counts, x, y, z, e, layer))}
 
 
-def _masses_for(
+def background_masses(
     label: np.ndarray, mass: np.ndarray, signal_masses: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Signal events keep their mass; background events get one drawn from ``signal_masses``."""
+    """Signal events keep their mass [MeV]; background events get one drawn from
+    ``signal_masses``, as a mass-parameterized model is trained and scored (float32 [N])."""
     out = np.asarray(mass, dtype=np.float32).copy()
     background = label < 0.5
     out[background] = rng.choice(signal_masses, int(background.sum())).astype(np.float32)
@@ -128,7 +135,9 @@ def train_classifier(
         outside[name] = int(inputs.pop("outside").sum()) if "outside" in inputs else 0
         batch = {**inputs, "label": part[label].astype(np.float32)}
         if ccfg.mass_parameterized:
-            batch["mass"] = _masses_for(batch["label"], part[ccfg.mass_column], signal_masses, rng)
+            batch["mass"] = background_masses(
+                batch["label"], part[ccfg.mass_column], signal_masses, rng
+            )
         if data.weight:
             batch["weight"] = part[data.weight[0]].astype(np.float32)
         batches[name] = batch

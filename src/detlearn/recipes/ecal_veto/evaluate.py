@@ -28,7 +28,7 @@ from detlearn.evaluation.classification import roc_curve, summarize
 from detlearn.plots.classification import plot_roc
 from detlearn.plots.style import exp_label, save, styled
 from detlearn.report import Section, write_report
-from detlearn.runs.classification import Classifier, network_inputs
+from detlearn.runs.classification import Classifier, background_masses, network_inputs
 
 __all__ = ["EFF_B", "OPTIONS", "REFERENCE_EFF_B", "evaluate", "mean_efficiency"]
 
@@ -135,10 +135,10 @@ def evaluate(
         )
     ]
 
-    mass = test["mass"].copy()
+    mass = test["mass"]
     if clf.config.mass_parameterized:
         rng = np.random.default_rng(seed)
-        mass[label < 0.5] = rng.choice(clf.signal_masses, int((label < 0.5).sum()))
+        mass = background_masses(label, mass, np.asarray(clf.signal_masses), rng)
     score = clf.predict(
         {h: test[h] for h in clf.config.hits}, mass if clf.config.mass_parameterized else None
     )
