@@ -59,6 +59,16 @@ def _cell(x, y, parity, grid_index, q0, r0, radius, shift) -> int:
 
 
 @numba.njit(inline="always")
+def _touch(k, marked, touched, n_touched) -> int:
+    """Cell ``k`` listed once among the event's touched cells; the new count of them."""
+    if not marked[k]:
+        marked[k] = True
+        touched[n_touched] = k
+        n_touched += 1
+    return n_touched
+
+
+@numba.njit(inline="always")
 def _gamma_p(a, x) -> float:
     """The regularized lower incomplete gamma function P(a, x), x > 0 (series below a + 1,
     Lentz's continued fraction above; Numerical Recipes §6.2), to 1e-12."""
@@ -182,10 +192,7 @@ def deposit_events(rng, showers, tracks, noise_hits, geometry, tables, params, o
                     if cell < 0:
                         continue
                     k = layer * stride + cell
-                    if not marked[k]:
-                        marked[k] = True
-                        touched[n_touched] = k
-                        n_touched += 1
+                    n_touched = _touch(k, marked, touched, n_touched)
                     shower_e[k] += e_si
 
         for t in range(tr_off[ev], tr_off[ev + 1]):
@@ -220,10 +227,7 @@ def deposit_events(rng, showers, tracks, noise_hits, geometry, tables, params, o
                 if cell < 0:
                     continue
                 k = layer * stride + cell
-                if not marked[k]:
-                    marked[k] = True
-                    touched[n_touched] = k
-                    n_touched += 1
+                n_touched = _touch(k, marked, touched, n_touched)
                 track_e[k] += de
 
         for _ in range(noise_hits[ev]):

@@ -85,7 +85,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -95,6 +94,7 @@ import numpy as np
 import uproot
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detlearn._blocks import map_threads
 from detlearn._files import atomic_path
 from detlearn._progress import track
 from detlearn.config import validate_options
@@ -615,21 +615,18 @@ def simulate_sample(mass: float | None, events: int, seed: int, cfg: EcalSimConf
     parts: list[EcalEvents] = []
     kept = 0
     limit = 100 * events + 10 * BLOCK_EVENTS
-    with ThreadPoolExecutor(cfg.threads) as pool:
-        while kept < events:
-            done = len(parts)
-            if done * BLOCK_EVENTS >= limit:
-                raise DetlearnError(
-                    f"ecal-veto simulate: the trigger kept {kept} of {done * BLOCK_EVENTS} "
-                    f"generated events of sample {_sample_name(mass)}; too few for {events}"
-                )
-            rate = max(kept / (done * BLOCK_EVENTS), 0.05) if done else 0.5
-            wanted = math.ceil((events - kept) / (rate * BLOCK_EVENTS))
-            wave = (
-                max(1, min(wanted, 4 * cfg.threads)) if done else max(1, min(wanted, cfg.threads))
+    while kept < events:
+        done = len(parts)
+        if done * BLOCK_EVENTS >= limit:
+            raise DetlearnError(
+                f"ecal-veto simulate: the trigger kept {kept} of {done * BLOCK_EVENTS} "
+                f"generated events of sample {_sample_name(mass)}; too few for {events}"
             )
-            parts += pool.map(block, range(done, done + wave))
-            kept = sum(len(p) for p in parts)
+        rate = max(kept / (done * BLOCK_EVENTS), 0.05) if done else 0.5
+        wanted = math.ceil((events - kept) / (rate * BLOCK_EVENTS))
+        wave = max(1, min(wanted, 4 * cfg.threads)) if done else max(1, min(wanted, cfg.threads))
+        parts += map_threads(block, range(done, done + wave), cfg.threads)
+        kept = sum(len(p) for p in parts)
     return EcalEvents.concatenate(parts).head(events)
 
 
