@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import time
 
 import _contention
+import _timing
 import numpy as np
 
 from detlearn.data.hit_features import (
@@ -42,19 +41,6 @@ from detlearn.recipes.ecal_veto.geometry import LAYER_Z, R68
 TARGET = 100_000  # events per second
 LAYERS = 34
 MAIN = "per-layer radii R68 x (1, 2, 3)"  # the radii of the main figure
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def batch(events: int, hits: float, seed: int = 0):
@@ -127,7 +113,7 @@ def main() -> None:
     ]
     print(
         f"{args.events:,} events in batches of {args.batch}, {counts.mean():.1f} hits/event; "
-        f"load average {_load()}"
+        f"load average {_timing.load_average()}"
     )
     radii = {
         f"fixed radii {DEFAULT_RING_RADII} mm": np.broadcast_to(DEFAULT_RING_RADII, (LAYERS, 3)),
@@ -138,7 +124,7 @@ def main() -> None:
     for name, table in radii.items():
 
         def every_batch(t=table):
-            return best_of(
+            return _timing.best_of(
                 lambda: [hit_features(*part, ring_radii=t) for part in batches], args.repeat
             )
 
@@ -146,10 +132,10 @@ def main() -> None:
             rate = args.events / result[0]
             print(
                 f"  hit_features, {name}: {result[0]:.3f} s = {rate:,.0f} events/s "
-                f"({rate / TARGET:.2f}x the {TARGET:,}/s target); load {_load()}"
+                f"({rate / TARGET:.2f}x the {TARGET:,}/s target); load {_timing.load_average()}"
             )
 
-        seconds, _ = _contention.measure(
+        seconds, _, _ = _contention.measure(
             every_batch,
             figure=f"hit_features, {name}",
             unit="events/s",
@@ -163,14 +149,14 @@ def main() -> None:
     m = int(offsets[n])
     table = radii[MAIN]
     hits = [v[:m] for v in (x, y, z, e, layer)]
-    seconds, looped = best_of(lambda: event_loop(counts[:n], *hits, table), 1)
+    seconds, _, looped = _timing.best_of(lambda: event_loop(counts[:n], *hits, table), 1)
     loop_rate = n / seconds
     batched = feature_matrix(hit_features(counts[:n], *hits, ring_radii=table))
     np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-4)
     best = rates[MAIN]
     print(
         f"  per-event numpy loop, per-layer radii, {n:,} events: {loop_rate:,.0f} events/s "
-        f"(same features); hit_features is {best / loop_rate:.0f}x faster; load {_load()}"
+        f"(same features); hit_features is {best / loop_rate:.0f}x faster; load {_timing.load_average()}"
     )
 
 

@@ -22,29 +22,15 @@ Run: .venv/bin/python benchmarks/ecal_images.py [--events 200000] [--batch 4096]
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import _contention
+import _timing
 import numpy as np
 
 from detlearn.data.images import ImageSpec, bin_edges, build_images
 
 TARGET = 200_000  # events per second
 MAIN = "xyz 20x20x3, histogram"  # the layout of the main figure (with --threads threads)
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def batch(events: int, hits: float, seed: int = 0):
@@ -93,7 +79,7 @@ def main() -> None:
     ]
     print(
         f"{args.events:,} events in batches of {args.batch}, {counts.mean():.1f} hits/event; "
-        f"load average {_load()}"
+        f"load average {_timing.load_average()}"
     )
 
     def every_batch(spec: ImageSpec, threads: int) -> None:
@@ -120,11 +106,11 @@ def main() -> None:
                 print(
                     f"  build_images, {name}, {threads} thread(s): {seconds:.3f} s = "
                     f"{rate:,.0f} events/s ({rate / TARGET:.2f}x the 200,000/s target); "
-                    f"load {_load()}"
+                    f"load {_timing.load_average()}"
                 )
 
-            seconds, _ = _contention.measure(
-                lambda s=spec, t=threads: best_of(lambda: every_batch(s, t), args.repeat),
+            seconds, _, _ = _contention.measure(
+                lambda s=spec, t=threads: _timing.best_of(lambda: every_batch(s, t), args.repeat),
                 figure=f"build_images, {name}, {threads} thread(s)",
                 unit="events/s",
                 value=lambda result: args.events / result[0],
@@ -138,7 +124,7 @@ def main() -> None:
     loop_counts = counts[:n]
     m = int(loop_counts.sum())
     loop_hits = [v[:m] for v in (x, y, z, e)]
-    seconds, looped = best_of(lambda: histogramdd_loop(spec, loop_counts, *loop_hits), 1)
+    seconds, _, looped = _timing.best_of(lambda: histogramdd_loop(spec, loop_counts, *loop_hits), 1)
     loop_rate = n / seconds
     images, _ = build_images(spec, loop_counts, x[:m], y[:m], z[:m], e[:m])
     np.testing.assert_allclose(images, looped, rtol=1e-5, atol=1e-5)

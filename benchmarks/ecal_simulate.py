@@ -20,12 +20,11 @@ Run: .venv/bin/python benchmarks/ecal_simulate.py [--events 20000] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import _contention
+import _timing
 
 from detlearn.recipes.ecal_veto import (
     DEFAULT_MASSES,
@@ -38,22 +37,6 @@ from detlearn.recipes.ecal_veto import (
 TARGET = 5_000  # triggered events per second
 
 
-def best_of(fn, repeat: int) -> tuple[float, float, object]:
-    """Best wall-clock seconds, best CPU seconds and the result of ``fn()``."""
-    wall = cpu = float("inf")
-    out = None
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall = min(wall, time.perf_counter() - t0)
-        cpu = min(cpu, time.process_time() - c0)
-    return wall, cpu, out
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="triggered events per sample")
@@ -64,12 +47,14 @@ def main() -> None:
     n = args.events
     simulate_sample(1.0, 100, seed=0, cfg=EcalSimConfig(threads=1))  # compiled kernel loaded
 
-    print(f"simulate_sample: {n:,} triggered events per sample; load average {_load()}")
+    print(
+        f"simulate_sample: {n:,} triggered events per sample; load average {_timing.load_average()}"
+    )
     for mass in (DEFAULT_MASSES[0], DEFAULT_MASSES[-1], None):
         name = "background" if mass is None else f"A′ {mass:g} MeV"
         for threads in sorted({1, args.threads}):
             cfg = EcalSimConfig(threads=threads)
-            seconds, cpu, events = best_of(
+            seconds, cpu, events = _timing.best_of(
                 lambda m=mass, c=cfg: simulate_sample(m, n, seed=1, cfg=c), args.repeat
             )
             rate = n / seconds
@@ -77,12 +62,12 @@ def main() -> None:
             print(
                 f"  {name}, {threads} thread(s): {seconds:.2f} s = {rate:,.0f} events/s "
                 f"({rate / TARGET:.2f}x the 5,000/s target); CPU {cpu / n * 1e6:.0f} µs/event; "
-                f"{hits:.1f} hits/event; load {_load()}"
+                f"{hits:.1f} hits/event; load {_timing.load_average()}"
             )
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "background.root"
-        seconds, cpu, _ = best_of(lambda: write_events(events, path), args.repeat)
+        seconds, cpu, _ = _timing.best_of(lambda: write_events(events, path), args.repeat)
         print(
             f"write_events (lz4): {n:,} background events in {seconds:.2f} s = "
             f"{n / seconds:,.0f} events/s, {path.stat().st_size / n:.0f} bytes/event"
@@ -93,7 +78,7 @@ def main() -> None:
 
     def whole_simulate():
         with tempfile.TemporaryDirectory() as tmp:
-            return best_of(lambda: simulate(tmp, n, seed=2, options=options), 1)
+            return _timing.best_of(lambda: simulate(tmp, n, seed=2, options=options), 1)
 
     def show(result):
         seconds, cpu, files = result
@@ -102,7 +87,7 @@ def main() -> None:
             f"simulate ({len(files)} files, {total:,} triggered events, {args.threads} threads): "
             f"{seconds:.2f} s = {rate:,.0f} events/s ({rate / TARGET:.2f}x the 5,000/s target); "
             f"CPU {cpu / total * 1e6:.0f} µs/event ({cpu / seconds:.2f} cores busy); "
-            f"load {_load()}"
+            f"load {_timing.load_average()}"
         )
 
     _contention.measure(

@@ -19,12 +19,11 @@ Run: .venv/bin/python benchmarks/hcal_simulate.py [--channels 1000000] [--thread
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import _contention
+import _timing
 import numpy as np
 
 from detlearn.recipes.hcal_energy import (
@@ -39,23 +38,6 @@ from detlearn.recipes.hcal_energy import (
 TARGET = 1e6  # channels per second
 
 
-def best_of(fn, repeat: int) -> tuple[float, float, object]:
-    """Best wall-clock seconds, best CPU seconds and the result of ``fn()``."""
-    wall = cpu = float("inf")
-    out = None
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall = min(wall, time.perf_counter() - t0)
-        cpu = min(cpu, time.process_time() - c0)
-    return wall, cpu, out
-
-
-def _load() -> str:
-    """The 1, 5 and 15 minute load averages: how many cores other processes were taking."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=1_000_000)
@@ -66,21 +48,21 @@ def main() -> None:
     cfg = HcalSimConfig()
     n = args.channels
 
-    print(f"generate_channels: {n:,} channels; load average {_load()}")
+    print(f"generate_channels: {n:,} channels; load average {_timing.load_average()}")
     for threads in sorted({1, args.threads}):
-        seconds, cpu, ch = best_of(
+        seconds, cpu, ch = _timing.best_of(
             lambda t=threads: generate_channels(n, cfg, np.random.default_rng(0), t), args.repeat
         )
         rate = n / seconds
         print(
             f"  {threads} thread(s): {seconds:.2f} s = {rate / 1e6:.2f} M channels/s "
             f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} ns/channel; "
-            f"load {_load()}"
+            f"load {_timing.load_average()}"
         )
 
     print("mahi_lite (2 passes, chiSqSwitch 10):")
     for threads in sorted({1, args.threads}):
-        seconds, cpu, _ = best_of(
+        seconds, cpu, _ = _timing.best_of(
             lambda t=threads: mahi_lite(ch.raw, ch.ped, ch.gain, ch.noise_adc, cfg, threads=t),
             args.repeat,
         )
@@ -88,7 +70,7 @@ def main() -> None:
             f"  {threads} thread(s): {n / seconds / 1e6:.2f} M channels/s; "
             f"CPU {cpu / n * 1e9:.0f} ns/channel"
         )
-    seconds, cpu, _ = best_of(lambda: m0(ch.raw, ch.ped, ch.gain, cfg), args.repeat)
+    seconds, cpu, _ = _timing.best_of(lambda: m0(ch.raw, ch.ped, ch.gain, cfg), args.repeat)
     print(f"m0: {n / seconds / 1e6:.2f} M channels/s; CPU {cpu / n * 1e9:.0f} ns/channel")
 
     per = min(cfg.channels_per_file, n)
@@ -97,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for codec in ("lz4", "none"):
             path = Path(tmp) / f"hcal_{codec}.root"
-            seconds, cpu, _ = best_of(
+            seconds, cpu, _ = _timing.best_of(
                 lambda c=codec, p=path: write_channels(branches, p, c), args.repeat
             )
             print(
@@ -112,7 +94,7 @@ def main() -> None:
             simulate(tmp, 1000, seed=0, options=options)  # compiled kernels loaded
 
             def whole_simulate(o=options, d=tmp):
-                return best_of(lambda: simulate(d, n, seed=1, options=o), args.repeat)
+                return _timing.best_of(lambda: simulate(d, n, seed=1, options=o), args.repeat)
 
             def show(result, codec=codec):
                 seconds, cpu, _ = result
@@ -120,7 +102,7 @@ def main() -> None:
                 print(
                     f"  {codec}: {seconds:.2f} s = {rate / 1e6:.2f} M channels/s "
                     f"({rate / TARGET:.2f}x the 1 M/s target); CPU {cpu / n * 1e9:.0f} "
-                    f"ns/channel ({cpu / seconds:.2f} cores busy); load {_load()}"
+                    f"ns/channel ({cpu / seconds:.2f} cores busy); load {_timing.load_average()}"
                 )
 
             _contention.measure(

@@ -18,23 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import _contention
+import _timing
 import torch
 
 from detlearn.config import FlowConfig
 from detlearn.models.flows import ConditionalFlow
 from detlearn.recipes import get_recipe
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
     with torch.no_grad():
         flow.sample(ctx[:100], 10)  # warm-up
         t_once = _contention.measure(
-            lambda: best_of(lambda: flow.sample(ctx, args.per_context)),
+            lambda: _timing.best_of(lambda: flow.sample(ctx, args.per_context))[0],
             figure="conditioner once per context",
             unit="M photons/s",
             value=lambda t: n / t / 1e6,
@@ -68,7 +59,7 @@ def main() -> None:
         )
         rep = ctx.repeat_interleave(args.per_context, 0)
         noise = torch.randn(n, 1)
-        t_rep = best_of(lambda: flow.sample_from_noise(noise, rep), repeat=1)
+        t_rep = _timing.best_of(lambda: flow.sample_from_noise(noise, rep), repeat=1)[0]
     # Other jobs on the same cores slow every step: the load average says how shared they were.
     print(
         f"torch threads: {torch.get_num_threads()}, flow: {flow_cfg.kind} x{flow_cfg.transforms}, "

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import _contention
+import _timing
 import numpy as np
 
 from detlearn.recipes.klm_timing.density import _table, log_density
@@ -32,15 +33,6 @@ from detlearn.recipes.klm_timing.simulate import (
 )
 
 TARGET = 10e6  # detected photons per second
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:
@@ -57,13 +49,13 @@ def main() -> None:
     for threads in sorted({1, args.threads}):
 
         def simulate(t=threads):
-            return best_of(
+            return _timing.best_of(
                 lambda: simulate_events(args.events, cfg, np.random.default_rng(0), t),
                 args.repeat,
             )
 
         def show(result, threads=threads):
-            seconds, ev = result
+            seconds, _, ev = result
             rate = len(ev.photon_time) / seconds
             print(
                 f"  {threads} thread(s): {len(ev.photon_time):,} photons in {seconds:.2f} s = "
@@ -82,7 +74,7 @@ def main() -> None:
     ev = simulate_events(cfg.events_per_file, cfg, np.random.default_rng(1))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "klm.edm4hep.root"
-        seconds, _ = best_of(lambda: write_edm4hep(ev, path, cfg), args.repeat)
+        seconds, _, _ = _timing.best_of(lambda: write_edm4hep(ev, path, cfg), args.repeat)
         n = len(ev.photon_time)
         size = path.stat().st_size
     print(
@@ -97,7 +89,7 @@ def main() -> None:
     pick = rng.choice(len(ev), 2000, replace=False)
     z, theta, p = (np.repeat(a[pick], 50) for a in (ev.z_hit, ev.theta, ev.p))
     dt = rng.uniform(0.0, 40.0, len(z))
-    seconds, _ = best_of(lambda: log_density(dt, z, theta, p, cfg), args.repeat)
+    seconds, _, _ = _timing.best_of(lambda: log_density(dt, z, theta, p, cfg), args.repeat)
     print(
         f"log_density: 10^5 pairs over 2000 contexts in {seconds:.2f} s "
         f"(one-off table build {build:.2f} s)"
