@@ -66,7 +66,7 @@ def main() -> None:
             simulate,
             figure=f"simulate_events, mode {args.mode}, {threads} thread(s)",
             unit="M photons/s",
-            value=lambda result: len(result[1].photon_time) / result[0] / 1e6,
+            value=lambda result: len(result[2].photon_time) / result[0] / 1e6,
             contended=args.contended and threads == args.threads,
             show=show,
         )
