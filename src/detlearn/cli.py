@@ -258,11 +258,14 @@ def export_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="export folder")] = None,
 ) -> None:
     """Export a run to ONNX with a JSON sidecar, checked against onnxruntime."""
-    sidecar = export_run(run, out_dir)
-    out.print(
-        f"exported {sidecar['model']} (opset {sidecar['opset']}), onnxruntime parity "
-        f"{sidecar['parity_max_abs']:.1e} on {sidecar['parity_rows']} held-out rows"
-    )
+    summary = export_run(run, out_dir)
+    for name, sidecar in summary["graphs"].items():
+        parity = sidecar["parity"]
+        out.print(
+            f"exported {name} (opset {sidecar['opset']}), onnxruntime parity "
+            f"max |Δ| {parity['max_abs']:.1e} on {parity['rows']} held-out rows",
+            markup=False,
+        )
 
 
 @app.command()

@@ -118,7 +118,9 @@ def test_the_summary_keeps_what_the_cli_prints(exported, tmp_path, runner):
     assert summary["parity_rows"] == EXPORT_ROWS and summary["parity_max_scaled"] <= 1
     result = runner.invoke(app, ["export", str(tmp / "run"), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "exported sample.onnx (opset 17)" in result.output
+    for name in GRAPHS:  # every graph, each with its own parity
+        assert f"exported {name}.onnx (opset 17)" in result.output
+    assert result.output.count("held-out rows") == len(GRAPHS)
 
 
 def test_sidecars_name_columns_units_ranges_and_support(exported):
