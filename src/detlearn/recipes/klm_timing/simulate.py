@@ -82,8 +82,10 @@ __all__ = [
     "KLMSimConfig",
     "Optics",
     "chord",
+    "gun_contexts",
     "mean_dedx",
     "optics",
+    "primary_kinematics",
     "sample_delays",
     "simulate",
     "simulate_at",
@@ -579,10 +581,46 @@ def simulate_events(
         >>> len(ev), ev.photon_time.dtype
         (10, dtype('float32'))
     """
+    return simulate_at(*gun_contexts(n_events, cfg, rng), cfg, rng, threads)
+
+
+def gun_contexts(
+    n_events: int, cfg: KLMSimConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The contexts of ``n_events`` gun events as the simulator draws them: z_hit [mm] where
+    the track crosses the reference plane, θ [rad] and |p| [GeV] (float64 [n_events] each).
+
+    Example:
+        >>> z, theta, p = gun_contexts(4, KLMSimConfig(), np.random.default_rng(0))
+        >>> z.shape, bool(((p >= 0.1) & (p <= 10)).all())
+        ((4,), True)
+    """
     gun = _gun(n_events, cfg, rng)
     cot = np.cos(gun["theta"]) / np.sin(gun["theta"])
-    z_hit = gun["z"] + (cfg.x_ref - cfg.gun_x) * cot
-    return simulate_at(z_hit, gun["theta"], gun["p"], cfg, rng, threads)
+    return gun["z"] + (cfg.x_ref - cfg.gun_x) * cot, gun["theta"], gun["p"]
+
+
+def primary_kinematics(
+    z_hit: np.ndarray, theta: np.ndarray, p: np.ndarray, cfg: KLMSimConfig
+) -> dict[str, np.ndarray]:
+    """The primary of each event with these contexts (z_hit [mm], θ [rad], |p| [GeV]): its
+    vertex at x = ``gun_x`` on the straight line through (x_ref, z_hit) [mm], momentum [GeV]
+    and ``t_hit`` [ns] when it crosses the reference plane, as :class:`KLMEvents` fields."""
+    z_hit, theta, p = _broadcast_float(z_hit, theta, p)
+    n = len(z_hit)
+    beta, _ = _beta_gamma(p, cfg.mass)
+    return {
+        "vertex_x": np.full(n, cfg.gun_x),
+        "vertex_y": np.zeros(n),
+        "vertex_z": z_hit - (cfg.x_ref - cfg.gun_x) * np.cos(theta) / np.sin(theta),
+        "px": p * np.sin(theta),
+        "py": np.zeros(n),
+        "pz": p * np.cos(theta),
+        "p": p,
+        "theta": theta,
+        "z_hit": z_hit,
+        "t_hit": (cfg.x_ref - cfg.gun_x) / (np.sin(theta) * beta * C_MM_PER_NS),
+    }
 
 
 def simulate_at(
@@ -605,20 +643,16 @@ def simulate_at(
         >>> ev.z_hit.tolist()
         [0.0, 0.0, 0.0]
     """
-    z_hit, theta, p = _broadcast_float(z_hit, theta, p)
+    primary = primary_kinematics(z_hit, theta, p, cfg)
+    z_hit, theta, p, t_hit = primary["z_hit"], primary["theta"], primary["p"], primary["t_hit"]
     n_events = len(z_hit)
     opt = optics(cfg)
-    x_ref = cfg.x_ref
-    cot = np.cos(theta) / np.sin(theta)
-    z_v = z_hit - (x_ref - cfg.gun_x) * cot
-    beta, _ = _beta_gamma(p, cfg.mass)
-    t_hit = (x_ref - cfg.gun_x) / (np.sin(theta) * beta * C_MM_PER_NS)
     tracks = _tracks(z_hit, theta, p, cfg)
     e_dep = _energy(tracks, p, cfg, rng)
     rate = 0.5 * opt.yield_per_mev * e_dep[:, None] * _branches(tracks, opt).majorant
     counts = rng.poisson(rate)
 
-    t_hit32, x_ref32 = t_hit.astype(np.float32), np.float32(x_ref)
+    t_hit32, x_ref32 = t_hit.astype(np.float32), np.float32(cfg.x_ref)
 
     def work(rows: slice, child: np.random.Generator) -> dict[str, np.ndarray]:
         out = _candidates(tracks[rows], counts[rows], opt, child)
@@ -633,16 +667,7 @@ def simulate_at(
 
     ph = _concatenated(n_events, _BLOCK_EVENTS, work, rng, threads or cfg.threads)
     return KLMEvents(
-        vertex_x=np.full(n_events, cfg.gun_x),
-        vertex_y=np.zeros(n_events),
-        vertex_z=z_v,
-        px=p * np.sin(theta),
-        py=np.zeros(n_events),
-        pz=p * np.cos(theta),
-        p=p,
-        theta=theta,
-        z_hit=z_hit,
-        t_hit=t_hit,
+        **primary,
         e_dep=e_dep * 1e-3,
         n_photons=ph["n"].astype(np.int64),
         photon_event=ph["event"],
