@@ -16,7 +16,8 @@ import torch
 from detlearn.config import FlowConfig, TrainingConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import ConditionalFlow, load_model
-from detlearn.training import fit, lr_factor, stretched
+from detlearn.recipes import load_config
+from detlearn.training import epochs_line, fit, lr_factor, stretched
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -146,6 +147,40 @@ def test_min_steps_stretches_epochs_and_patience_on_small_data(tmp_path):
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[1] == pytest.approx(cfg.lr * lr_factor(10, 20), rel=1e-6)
     assert lrs[3] == pytest.approx(cfg.lr * lr_factor(20, 20), rel=1e-6)
+
+
+def test_an_explicit_max_epochs_is_not_stretched_by_the_recipes_min_steps(tmp_path, capsys):
+    # mass-grid's defaults: max_epochs 45, min_steps 1620; the user's max_epochs 2 was raised to
+    # 1620 on a small data set.
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: mass-grid\ntraining: {max_epochs: 2, batch_size: 200}\n")
+    cfg = load_config(path).training
+    assert (cfg.max_epochs, cfg.min_steps) == (2, 0)
+    assert stretched(cfg, 1000) == cfg
+    line = epochs_line(cfg, stretched(cfg, 1000), 1000)
+    assert line == (
+        "max_epochs 2, patience 45, 5 steps per epoch (10 at most); not stretched: "
+        f"training.max_epochs 2 from {path} wins over training.min_steps 1620 from recipe "
+        "mass-grid's defaults"
+    )
+    # --set max_epochs wins over the file's min_steps; min_steps given with (or after) it counts.
+    assert load_config(path, {"training": {"max_epochs": 3}}).training.min_steps == 0
+    assert load_config(path, {"training": {"min_steps": 20}}).training.min_steps == 20
+    path.write_text("recipe: mass-grid\ntraining: {max_epochs: 2, min_steps: 20}\n")
+    assert load_config(path).training.min_steps == 20
+    assert load_config(path, {"training": {"max_epochs": 3}}).training.min_steps == 0
+    # Without the user's max_epochs the recipe's pair applies: stretched, and said so.
+    path.write_text("recipe: mass-grid\ntraining: {batch_size: 200}\n")
+    recipe = load_config(path).training
+    assert (recipe.max_epochs, recipe.min_steps) == (45, 1620)
+    assert epochs_line(recipe, stretched(recipe, 1000), 1000).startswith(
+        "max_epochs 324, patience 324, 5 steps per epoch (1,620 at most); stretched from "
+        "max_epochs 45 to make training.min_steps 1,620"
+    )
+
+    # fit prints the effective epochs when it starts.
+    fit(tiny_flow(), lognormal(1000, 0), lognormal(300, 1), cfg, tmp_path / "flow")
+    assert "flow: max_epochs 2, patience 45, 5 steps per epoch" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun is not installed")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -55,6 +56,7 @@ __all__ = [
     "data_hash",
     "deep_merge",
     "dump_commented_yaml",
+    "merge_layers",
     "merge_options",
     "read_raw_config",
     "read_yaml",
@@ -132,6 +134,14 @@ class DataConfig(_Strict):
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="a bad input file: stop, or skip it and list it under 'failed'"
     )
+    # Column name -> where its spec came from (a recipe's defaults, the user's file, --set),
+    # filled by config_from_raw for error messages; not part of the config's value.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def column_origin(self, name: str) -> str:
+        """Where column ``name`` was defined (``"recipe mass-grid's defaults"``, the config
+        file, ``"--set"``); empty when unknown (a config built in Python)."""
+        return self._origins.get(name, "")
 
 
 class HoldoutConfig(_Strict):
@@ -379,7 +389,9 @@ class TrainingConfig(_Strict):
         0,
         ge=0,
         description="make at least this many optimizer steps: where max_epochs of the training "
-        "rows fall short (a small data set), max_epochs and patience grow by the same factor",
+        "rows fall short (a small data set), max_epochs and patience grow by the same factor; "
+        "a max_epochs given in a later config layer (your file over the recipe's defaults, "
+        "--set over your file) is kept as given",
     )
     max_minutes: float | None = Field(
         None, gt=0, description="wall-clock limit of training, minutes"
@@ -401,6 +413,15 @@ class TrainingConfig(_Strict):
     )
     seed: int = Field(0, description="seed of initialization and shuffling")
     accelerator: str = Field("auto", description="Lightning accelerator: auto | cpu | gpu")
+    # Why min_steps was set aside (an explicit max_epochs from a later config layer); filled
+    # by config_from_raw, printed when training starts.
+    _epochs_note: str = PrivateAttr("")
+
+    @property
+    def epochs_note(self) -> str:
+        """Why ``min_steps`` is 0 although a lower config layer set it: the user's own
+        ``max_epochs`` won (empty otherwise)."""
+        return self._epochs_note
 
 
 class EvaluationConfig(_Strict):
@@ -606,20 +627,132 @@ def read_raw_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     return deep_merge(raw, overrides) if overrides else raw
 
 
-def config_from_raw(
-    raw: dict[str, Any], path: str | Path, defaults: dict[str, Any] | None = None
-) -> RunConfig:
-    """Validate ``raw`` (read from ``path``) merged over ``defaults`` (a recipe's config).
+#: A config layer: its name in messages (``"recipe mass-grid's defaults"``, the file, ``--set``)
+#: and its keys.
+Layer = tuple[str, Mapping[str, Any]]
+#: The path of a key below the top of a config, e.g. ``("training", "max_epochs")``.
+KeyPath = tuple[str, ...]
+_COLUMNS: KeyPath = ("data", "columns")
 
-    Relative input paths are resolved against the config file's folder.
+
+def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """Merge config layers, lowest first, key by key (as :func:`deep_merge`); a column set to
+    null (``data.columns: {phi: null}``) removes that column of a lower layer.
+
+    Returns:
+        The merged mapping, and for each key path the index of the layer that set it last.
+
+    Raises:
+        DetlearnError: a null column that no lower layer defines (a misspelled name).
+
+    Example:
+        >>> merged, origin = merge_layers([
+        ...     ("recipe", {"data": {"columns": {"phi": {"role": "target"}, "m": {}}}}),
+        ...     ("run.yaml", {"data": {"columns": {"phi": None}}, "training": {"lr": 0.1}})])
+        >>> merged["data"]["columns"], origin[("training", "lr")], origin[("data", "columns", "m")]
+        ({'m': {}}, 1, 0)
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[KeyPath, int] = {}
+    for index, (name, layer) in enumerate(layers):
+        merged = _merge_layer(merged, layer, index, name, origin, ())
+    return merged, origin
+
+
+def _merge_layer(
+    base: Mapping[str, Any],
+    override: Mapping[str, Any],
+    index: int,
+    name: str,
+    origin: dict[KeyPath, int],
+    at: KeyPath,
+) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        here = (*at, key)
+        if value is None and at == _COLUMNS:
+            if key not in out:
+                have = ", ".join(map(str, out)) or "none"
+                raise DetlearnError(
+                    f"{name}: data.columns.{key}: null removes a column defined by the recipe's "
+                    f"defaults, but there is no column '{key}' (columns: {have})"
+                )
+            del out[key]
+            _forget(origin, here)
+        else:
+            below = out.get(key)
+            if not (isinstance(value, Mapping) and isinstance(below, Mapping)):
+                _forget(origin, here)
+                below = {}
+            origin[here] = index
+            # A mapping is merged into a copy: the layers are left as they were.
+            out[key] = (
+                _merge_layer(below, value, index, name, origin, here)
+                if isinstance(value, Mapping)
+                else value
+            )
+    return out
+
+
+def _forget(origin: dict[KeyPath, int], at: KeyPath) -> None:
+    for path in [p for p in origin if p[: len(at)] == at]:
+        del origin[path]
+
+
+def config_from_raw(
+    raw: dict[str, Any],
+    path: str | Path,
+    defaults: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Validate ``raw`` (read from ``path``) merged over ``defaults`` (a recipe's config), with
+    ``overrides`` (``--set``) merged over both, by :func:`merge_layers`.
+
+    Relative input paths are resolved against the config file's folder. Each column remembers
+    the layer it came from (:meth:`DataConfig.column_origin`, for error messages). A
+    ``training.max_epochs`` set in a higher layer than ``training.min_steps`` wins: min_steps
+    is set to 0 there, so the user's ``max_epochs: 2`` is not stretched to make a recipe's
+    ``min_steps`` (:attr:`TrainingConfig.epochs_note` says so).
     """
     path = Path(path)
-    if defaults:
-        raw = deep_merge(defaults, raw)
-    data = raw.setdefault("data", {})
+    recipe = deep_merge(raw, overrides or {}).get("recipe")
+    layers: list[Layer] = [
+        (f"recipe {recipe}'s defaults", defaults or {}),
+        (str(path), raw),
+        ("--set", overrides or {}),
+    ]
+    merged, origin = merge_layers(layers)
+    names = [name for name, _ in layers]
+    note = _explicit_epochs(merged, origin, names)
+    data = merged.setdefault("data", {})
     if isinstance(data, dict) and isinstance(data.get("inputs"), list):
         data["inputs"] = [_relative_to(item, path.parent) for item in data["inputs"]]
-    return validate_config(raw, str(path))
+    cfg = validate_config(merged, str(path))
+    cfg.data._origins = {
+        col: names[origin.get((*_COLUMNS, col, "expr"), origin.get((*_COLUMNS, col), 1))]
+        for col in cfg.data.columns
+    }
+    cfg.training._epochs_note = note
+    return cfg
+
+
+def _explicit_epochs(
+    merged: dict[str, Any], origin: Mapping[KeyPath, int], names: list[str]
+) -> str:
+    """Set ``training.min_steps`` to 0 in ``merged`` where ``training.max_epochs`` comes from a
+    higher layer; returns the note saying so (empty when nothing was set aside)."""
+    training = merged.get("training")
+    epochs = origin.get(("training", "max_epochs"))
+    steps = origin.get(("training", "min_steps"))
+    if not isinstance(training, dict) or epochs is None or steps is None or epochs <= steps:
+        return ""
+    if not training.get("min_steps"):
+        return ""
+    merged["training"] = {**training, "min_steps": 0}
+    return (
+        f"training.max_epochs {training.get('max_epochs')} from {names[epochs]} wins over "
+        f"training.min_steps {training['min_steps']} from {names[steps]}"
+    )
 
 
 def _relative_to(item: Any, folder: Path) -> Any:

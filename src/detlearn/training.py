@@ -55,7 +55,16 @@ from detlearn.errors import DetlearnError
 from detlearn.models import WEIGHTS_FILE, save_model
 from detlearn.plots.loss import plot_loss
 
-__all__ = ["DensityModule", "FitResult", "fit", "last_checkpoint", "lr_factor", "stretched"]
+__all__ = [
+    "DensityModule",
+    "FitResult",
+    "epochs_line",
+    "fit",
+    "last_checkpoint",
+    "lr_factor",
+    "steps_per_epoch",
+    "stretched",
+]
 
 Arrays = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
@@ -288,7 +297,7 @@ def stretched(cfg: TrainingConfig, rows: int, world: int = 1) -> TrainingConfig:
         >>> stretched(cfg, rows=100_000).max_epochs  # 100 steps per epoch: 1000 already
         10
     """
-    per_epoch = max(1, math.ceil(rows / (cfg.batch_size * world)))
+    per_epoch = steps_per_epoch(rows, cfg.batch_size, world)
     factor = cfg.min_steps / (per_epoch * cfg.max_epochs)
     if factor <= 1:
         return cfg
@@ -298,6 +307,45 @@ def stretched(cfg: TrainingConfig, rows: int, world: int = 1) -> TrainingConfig:
             "patience": math.ceil(cfg.patience * factor),
         }
     )
+
+
+def steps_per_epoch(rows: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps per epoch over ``rows`` training rows, ``world`` processes sharing it.
+
+    Example:
+        >>> steps_per_epoch(20_001, 1000), steps_per_epoch(20_001, 1000, world=2)
+        (21, 11)
+    """
+    return max(1, math.ceil(rows / (batch_size * world)))
+
+
+def epochs_line(asked: TrainingConfig, used: TrainingConfig, rows: int, world: int = 1) -> str:
+    """The line :func:`fit` prints when training starts: the effective ``max_epochs``,
+    ``patience`` and steps per epoch of ``used`` (``asked`` after :func:`stretched`), and why
+    the epochs were stretched or not.
+
+    Example:
+        >>> cfg = TrainingConfig(batch_size=1000, max_epochs=10, patience=5, min_steps=400)
+        >>> epochs_line(cfg, stretched(cfg, 20_000), 20_000)
+        'max_epochs 20, patience 10, 20 steps per epoch (400 at most); stretched from...'
+    """
+    per_epoch = steps_per_epoch(rows, used.batch_size, world)
+    head = (
+        f"max_epochs {used.max_epochs}, patience {used.patience}, {per_epoch:,} steps per epoch "
+        f"({per_epoch * used.max_epochs:,} at most)"
+    )
+    if used.max_epochs != asked.max_epochs:
+        why = (
+            f"stretched from max_epochs {asked.max_epochs} to make training.min_steps "
+            f"{asked.min_steps:,}"
+        )
+    elif asked.epochs_note:
+        why = f"not stretched: {asked.epochs_note}"
+    elif asked.min_steps:
+        why = f"not stretched: max_epochs makes training.min_steps {asked.min_steps:,} already"
+    else:
+        why = "not stretched (training.min_steps 0)"
+    return f"{head}; {why}"
 
 
 def _world_size() -> int:
@@ -345,7 +393,8 @@ def fit(
             ``checkpoints/`` and ``logs/`` folders.
         resume: continue from ``run_dir/checkpoints/last.ckpt`` up to ``cfg.max_epochs``
             epochs in total (optimizer, scheduler, early-stopping state included).
-        progress: show a rich progress bar.
+        progress: show a rich progress bar (or one plain line per epoch in a log), after one
+            line with the effective epochs and steps (:func:`epochs_line`).
         normalize: on a fresh fit, call ``model.fit_normalization`` on the training columns
             (the normalization is part of the weights, so a resume keeps the saved one).
 
@@ -361,10 +410,13 @@ def fit(
         keep = torch.as_tensor(np.sort(rng.choice(len(train_t[0]), cfg.max_rows, replace=False)))
         train_t = [t[keep] for t in train_t]
 
-    cfg = stretched(cfg, len(train_t[0]), _world_size())
+    asked, rows, world = cfg, len(train_t[0]), _world_size()
+    cfg = stretched(asked, rows, world)
     ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
     last = last_checkpoint(run_dir)
     is_rank_zero = int(os.environ.get("RANK", "0")) == 0
+    if progress and is_rank_zero:
+        plain_line(f"{run_dir.name}: {epochs_line(asked, cfg, rows, world)}")
     if resume and not last.is_file():
         raise DetlearnError(f"{last}: no checkpoint to resume from")
     if not resume:

@@ -38,11 +38,12 @@ def get_recipe(name: str) -> Recipe:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config, merged over its recipe's default config (``recipe.yaml``).
+    """Read a YAML run config, merged over its recipe's default config (``recipe.yaml``),
+    with ``overrides`` (``--set``) over both (see :func:`~detlearn.config.config_from_raw`).
 
     Relative input paths are resolved against the config file's folder.
     """
-    raw = read_raw_config(path, overrides)
-    recipe = raw.get("recipe")
+    raw = read_raw_config(path)
+    recipe = (overrides or {}).get("recipe", raw.get("recipe"))
     defaults = get_recipe(recipe).default_config() if recipe else {}
-    return config_from_raw(raw, path, defaults)
+    return config_from_raw(raw, path, defaults, overrides)
