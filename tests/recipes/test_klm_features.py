@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -103,4 +105,22 @@ def test_nonfinite_context_is_an_error_naming_column_and_count(tmp_path, runner)
     assert result.exit_code == 2, result.output
     rows = int(events.n_photons[:2].clip(min=1).sum())
     assert f"bad.root: column 'z' has {rows} non-finite values" in result.output
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_a_collection_without_optical_photons_is_an_error_naming_what_it_holds(tmp_path, runner):
+    # Optical physics off: every event keeps its muon's own hit and no photon.
+    cfg = KLMSimConfig(photodetection_efficiency=1e-9)
+    events = simulate_events(30, cfg, np.random.default_rng(0))
+    assert events.n_photons.sum() == 0
+    write_edm4hep(events, tmp_path / "klm.root", cfg)
+    config = _config(tmp_path, [str(tmp_path / "klm.root")])
+    result = runner.invoke(app, ["prepare", str(config), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert re.search(
+        r"klm\.root:events\[0:30\]: collection 'HcalBarrelHits' holds no optical-photon hit "
+        r"\(linked MCParticle PDG -22\) in 30 events; found PDG -?13: 30 hits \(optical physics",
+        text,
+    ), text
     assert not (tmp_path / "ds" / "manifest.json").exists()

@@ -13,6 +13,10 @@ Each photon hit (linked MCParticle with PDG -22) gives the target ``dt = t_photo
 ``edep`` [GeV] (energy of the non-photon hits, 0 when the file records none), and ``photon``
 (1 for a photon row, 0 for the single placeholder row that keeps an event with no photon hit,
 so photon counts N = 0 are not lost; placeholder rows have ``dt`` = 0 and weight 0).
+
+A collection with no optical photon at all (a file simulated without optical physics, or
+another collection) is an error naming the PDG codes its hits have, not a dataset of
+placeholder rows.
 """
 
 from __future__ import annotations
@@ -62,6 +66,25 @@ def primary_context(
     return {"z": z, "theta": theta, "p": p, "t_hit": t_hit}
 
 
+# A chunk of this many events without one photon is not the ~0.7 % of muons that give none:
+# the file holds no optical photons. (So does the first chunk of a file; a short last chunk
+# without photons is left to the file's other chunks.)
+_MIN_EVENTS_WITHOUT_PHOTONS = 10
+
+
+def _no_photons(hits: ak.Array, collection: str, where: str) -> str:
+    """The error for a chunk whose hits include no optical photon: what the hits are."""
+    pdg, count = np.unique(ak.to_numpy(ak.flatten(hits["particle_PDG"])), return_counts=True)
+    order = np.argsort(-count)[:5]
+    found = ", ".join(f"PDG {pdg[i]}: {count[i]:,} hits" for i in order) or "no hits at all"
+    more = f" and {len(pdg) - 5} more PDG codes" if len(pdg) > 5 else ""
+    return (
+        f"{where}: collection '{collection}' holds no optical-photon hit (linked MCParticle PDG "
+        f"{OPTICAL_PHOTON_PDG}) in {len(hits):,} events; found {found}{more} (optical physics "
+        "off in the simulation, or the wrong collection in data.options.collection?)"
+    )
+
+
 def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     """Photon rows of one work item (see the module docstring for the columns)."""
     opts: dict[str, Any] = {
@@ -105,6 +128,8 @@ def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     is_photon = hits["particle_PDG"] == OPTICAL_PHOTON_PDG
     photon_times = hits["time"][is_photon]
     n_photons = ak.to_numpy(ak.num(photon_times)).astype(np.int64)
+    if not n_photons.any() and (start == 0 or len(n_photons) >= _MIN_EVENTS_WITHOUT_PHOTONS):
+        raise DetlearnError(_no_photons(hits, opts["collection"], chunk.where))
     edep = ak.to_numpy(ak.sum(hits["eDep"][~is_photon], axis=1)).astype(np.float64)
 
     # One row per photon, plus one placeholder row for an event without photons.
