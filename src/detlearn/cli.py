@@ -26,6 +26,7 @@ from detlearn.pipeline import evaluate as run_evaluate
 from detlearn.pipeline import run_recipe
 from detlearn.prepare import prepare as run_prepare
 from detlearn.recipes import RECIPES, get_recipe, load_config
+from detlearn.runs.artifact import read_run_info
 from detlearn.runs.surrogate import Surrogate, write_samples
 
 __all__ = ["app", "main"]
@@ -226,6 +227,33 @@ def sample(
     contexts = parse_context(context)
     write_samples(surrogate, contexts, n, output, seed=seed)
     out.print(f"wrote {n * len(next(iter(contexts.values()))):,} samples to {output}", markup=False)
+
+
+@app.command()
+@_user_errors
+def fastsim(
+    run: Annotated[Path, typer.Argument(help="run folder (a surrogate with a count model)")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("fastsim"),
+    events: Annotated[
+        int | None, typer.Option("--events", "-n", help="events, drawn as the simulator does")
+    ] = None,
+    contexts: Annotated[
+        Path | None, typer.Option(help="parquet/CSV file of contexts, one event per row")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write simulation files from a trained surrogate, in the layout its recipe's simulator
+    (and ddsim) writes, for prepare or any EDM4hep reader."""
+    recipe = read_run_info(run).recipe
+    rec = get_recipe(recipe) if recipe else None
+    if rec is None or rec.fastsim is None:
+        able = [r.name for r in RECIPES.values() if r.fastsim is not None]
+        raise DetlearnError(
+            f"{run}: fastsim writes files for a run of recipe {', '.join(able)} "
+            f"(this run's recipe: {recipe or 'none'})"
+        )
+    files = rec.fastsim(run, out_dir, events, seed, contexts)
+    out.print(f"wrote {len(files)} file(s) to {out_dir}", markup=False)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from detlearn.config import read_yaml
 from detlearn.io.sources import Chunk
 from detlearn.report import Section
 
-__all__ = ["Compare", "Evaluate", "Extract", "Recipe", "Simulate"]
+__all__ = ["Compare", "Evaluate", "Extract", "FastSim", "Recipe", "Simulate"]
 
 
 class Simulate(Protocol):
@@ -44,6 +44,21 @@ class Evaluate(Protocol):
 
 #: ``extract(chunk, data) -> columns``: the rows of one work item (a file's entry range).
 Extract = Callable[[Chunk, Any], dict[str, np.ndarray]]
+class FastSim(Protocol):
+    """``fastsim(run_dir, out_dir, events, seed, contexts) -> files``: a trained run writes
+    simulation files in the layout the simulator writes (events drawn as the simulator draws
+    them, or one per row of a ``contexts`` file)."""
+
+    def __call__(
+        self,
+        run_dir: str | Path,
+        out_dir: str | Path,
+        events: int | None = None,
+        seed: int = 0,
+        contexts: str | Path | None = None,
+    ) -> list[Path]: ...
+
+
 #: ``compare(reports, out_dir) -> report.html``: the demo's models side by side, from their
 #: reports (variant name -> its report.html).
 Compare = Callable[[Mapping[str, Path], Path], Path]
@@ -67,6 +82,8 @@ class Recipe:
         variants: models the demo trains side by side (name -> config overrides), each its
             own run, report and export; empty: one model.
         compare: the report comparing the variants.
+        fastsim: the trained surrogate in the chain (``detlearn fastsim``); None: the recipe's
+            runs do not write simulation files.
     """
 
     name: str
@@ -80,6 +97,7 @@ class Recipe:
     demo_overrides: Mapping[str, Any] = field(default_factory=dict)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     compare: Compare | None = None
+    fastsim: FastSim | None = None
 
     def default_config(self) -> dict[str, Any]:
         """The recipe's default run config (its ``recipe.yaml``) as a dict."""

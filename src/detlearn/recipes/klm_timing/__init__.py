@@ -3,7 +3,8 @@
 - :mod:`.simulate`: the built-in bar simulator, writing ddsim's EDM4hep layout;
 - :mod:`.density`: the simulator's exact photon-delay density (what makes KL measurable);
 - :mod:`.features`: photon rows (context z, θ, |p|; target Δt) from ddsim or built-in files;
-- :mod:`.evaluate`: the validation report against the simulator.
+- :mod:`.evaluate`: the validation report against the simulator;
+- :mod:`.fastsim`: a trained surrogate writing the simulator's files (``detlearn fastsim``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 
 from detlearn.recipes.base import Recipe
 from detlearn.recipes.klm_timing.evaluate import evaluate
+from detlearn.recipes.klm_timing.fastsim import fastsim
 from detlearn.recipes.klm_timing.features import extract
 from detlearn.recipes.klm_timing.simulate import KLMSimConfig, simulate
 
-__all__ = ["RECIPE", "evaluate", "extract", "simulate"]
+__all__ = ["RECIPE", "evaluate", "extract", "fastsim", "simulate"]
 
 RECIPE = Recipe(
     name="klm-timing",
@@ -31,4 +33,5 @@ RECIPE = Recipe(
     # A fixed epoch budget, so the cosine schedule anneals fully, over a 1.5 M-photon subset
     # of the training split (the count model sees every event).
     demo_overrides={"training": {"max_epochs": 20, "max_rows": 1_500_000}},
+    fastsim=fastsim,
 )

@@ -74,6 +74,7 @@ from detlearn._files import atomic_path
 from detlearn._progress import track
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
+from detlearn.io.provenance import simulator_provenance, write_provenance
 
 __all__ = [
     "C_MM_PER_NS",
@@ -736,8 +737,14 @@ def _broadcast_float(*arrays: np.ndarray | float) -> list[np.ndarray]:
     return [a.ravel() for a in np.broadcast_arrays(*(np.asarray(x, np.float64) for x in arrays))]
 
 
-def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Path:
-    """Write ``events`` as ddsim writes EDM4hep: tree ``events`` with MCParticles and hits.
+def write_edm4hep(
+    events: KLMEvents,
+    path: str | Path,
+    cfg: KLMSimConfig,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``events`` as ddsim writes EDM4hep: tree ``events`` with MCParticles and hits,
+    and the ``provenance`` record (:mod:`detlearn.io.provenance`) when given.
 
     Branches (C = ``cfg.collection``): ``MCParticles.{PDG, generatorStatus, mass, time,
     vertex.x/y/z, momentum.x/y/z}`` (the primary at index 0, generatorStatus 1, then one optical
@@ -828,6 +835,8 @@ def write_edm4hep(events: KLMEvents, path: str | Path, cfg: KLMSimConfig) -> Pat
             field_name=lambda outer, inner: f"{outer}.{inner}",
         )
         f["events"].extend(columns)
+        if provenance is not None:
+            write_provenance(f, provenance)
     return path
 
 
@@ -860,6 +869,7 @@ def simulate(
 
     def one(i: int) -> Path:
         batch = simulate_events(sizes[i], cfg, np.random.default_rng(seeds[i]))
-        return write_edm4hep(batch, out_dir / f"klm_{i:04d}.edm4hep.root", cfg)
+        path = out_dir / f"klm_{i:04d}.edm4hep.root"
+        return write_edm4hep(batch, path, cfg, simulator_provenance("klm-timing", cfg, seed, i))
 
     return [one(i) for i in track(range(len(sizes)), "simulating KLM events")]
