@@ -1,6 +1,7 @@
 """Leave detlearn: a process with only numpy and onnxruntime (its own venv, no torch, no
 detlearn) reads the exported files and sidecars, samples photon counts and times for given
-contexts and regresses given inputs, reproducing the run's own numbers."""
+contexts, regresses given inputs and classifies held-out events, reproducing the run's own
+numbers."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import sys
 import textwrap
 from importlib.metadata import version
 
+import awkward as ak
 import numpy as np
 import pytest
 import torch
+import uproot
 from conftest import write_tree
 
-from detlearn.config import validate_config
+from detlearn.config import deep_merge, validate_config
 from detlearn.families import export_run, train
 from detlearn.prepare import prepare
+from detlearn.recipes import get_recipe
 from detlearn.runs import Regression, Surrogate
+from detlearn.runs.classification import Classifier, network_inputs
 
 CONSUMER = textwrap.dedent(
     """
@@ -35,7 +40,7 @@ CONSUMER = textwrap.dedent(
         else:
             raise SystemExit(f"{forbidden} is importable in the consumer's environment")
 
-    flow_dir, reg_dir, inputs, out = sys.argv[1:5]
+    flow_dir, reg_dir, clf_dir, inputs, out = sys.argv[1:6]
     given = np.load(inputs)
 
     def graph(directory, name):
@@ -56,7 +61,14 @@ CONSUMER = textwrap.dedent(
     times = sample.run(["sample"], {"noise": noise, "context": rows})[0]
     regressor, reg_side = graph(reg_dir, "regressor")
     predicted = regressor.run(None, {"inputs": given["features"].astype(np.float32)})[0]
-    np.savez(out, mean=mean, dispersion=dispersion, n=n, times=times, predicted=predicted)
+    classifier, clf_side = graph(clf_dir, "classifier")
+    assert list(clf_side["inputs"]) == ["images", "mass"], clf_side["inputs"]
+    assert clf_side["preprocessing"]["arch"] == "cnn"
+    feed = {"images": given["images"], "mass": given["mass"]}
+    logit = classifier.run(["logit"], feed)[0]
+    p_signal = 1 / (1 + np.exp(-logit.astype(np.float64)))
+    np.savez(out, mean=mean, dispersion=dispersion, n=n, times=times, predicted=predicted,
+             p_signal=p_signal)
     """
 )
 
@@ -73,6 +85,48 @@ def _consumer_env(root):
         timeout=600,
     )
     return env / "bin" / "python"
+
+
+def _ecal_file(path, n, spread, rng):
+    """``n`` events in the ecal-veto reader's layout: hits around the axis, ``spread`` [mm]."""
+    counts = rng.integers(3, 30, n)
+    hits = {
+        "x": rng.normal(0, spread, counts.sum()),
+        "y": rng.normal(0, spread, counts.sum()),
+        "z": rng.uniform(240, 560, counts.sum()),
+        "E": rng.exponential(5, counts.sum()),
+    }
+    columns = {
+        "eventNumber": np.arange(n, dtype=np.int32),
+        "nHits": counts.astype(np.int32),
+        **{k: ak.unflatten(v.astype(np.float32), counts) for k, v in hits.items()},
+    }
+    with uproot.recreate(path) as f:
+        f.mktree("ecalHits", {k: ak.type(ak.Array(v)).content for k, v in columns.items()})
+        f["ecalHits"].extend(columns)
+    return str(path)
+
+
+def _classifier_run(tmp, rng):
+    """A mass-parameterized CNN on toy signal (narrow showers, two masses) and background."""
+    inputs = [
+        {"path": _ecal_file(tmp / f"sig{m}.root", 300, 10, rng), "columns": {"label": 1, "mass": m}}
+        for m in (10.0, 100.0)
+    ]
+    inputs.append(
+        {"path": _ecal_file(tmp / "bkg.root", 600, 60, rng), "columns": {"label": 0, "mass": 0.0}}
+    )
+    overrides = {
+        "data": {"inputs": inputs},
+        "split": {"holdout": None},
+        "executor": {"workers": 1},
+        "model": {"classifier": {"arch": "cnn", "mass_parameterized": True,
+                                 "conv_channels": [4, 4], "dense": [8]}},
+        "training": {"max_epochs": 1, "batch_size": 128},
+    }  # fmt: skip
+    cfg = validate_config(deep_merge(get_recipe("ecal-veto").default_config(), overrides))
+    prepare(cfg, tmp / "ds", progress=False)
+    return train(cfg, tmp / "ds", tmp / "run", progress=False)
 
 
 def _run(tmp, columns, model, training):
@@ -131,25 +185,32 @@ def exported(tmp_path_factory):
         {"family": "regressor", "regressor": {"arch": "mlp", "hidden": [8]}},
         {"batch_size": 256, "max_epochs": 2},
     )
-    export_run(flow_run)
-    export_run(reg_run)
-    return flow_run, reg_run
+    clf_run = _classifier_run(tmp_path_factory.mktemp("clf"), rng)
+    for run in (flow_run, reg_run, clf_run):
+        export_run(run)
+    return flow_run, reg_run, clf_run
 
 
 def test_a_numpy_and_onnxruntime_process_reproduces_the_run(exported, tmp_path):
-    flow_run, reg_run = exported
+    flow_run, reg_run, clf_run = exported
     python = _consumer_env(tmp_path)
     rng = np.random.default_rng(9)
     context = rng.uniform(0.6, 1.9, (50, 1))
     noise = rng.standard_normal((5000, 1))
     features = rng.normal(size=(64, 3))
+    # The classifier's held-out events, as its pre-step turns them into network inputs.
+    clf = Classifier.load(clf_run)
+    events = clf.info.load_split([*clf.config.hits, "label", "mass"], "test")
+    mass = np.where(events["label"] > 0.5, events["mass"], 100.0).astype(np.float32)
+    images = network_inputs(clf.config, events)["images"]
     given = tmp_path / "given.npz"
-    np.savez(given, context=context, noise=noise, features=features, seed=7)
+    np.savez(given, context=context, noise=noise, features=features, seed=7, images=images,
+             mass=mass)  # fmt: skip
     (tmp_path / "consumer.py").write_text(CONSUMER)
     out = tmp_path / "out.npz"
     done = subprocess.run(
         [str(python), str(tmp_path / "consumer.py"), str(flow_run / "export"),
-         str(reg_run / "export"), str(given), str(out)],
+         str(reg_run / "export"), str(clf_run / "export"), str(given), str(out)],
         capture_output=True, text=True, timeout=300, env={"PATH": os.environ["PATH"]},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -172,3 +233,7 @@ def test_a_numpy_and_onnxruntime_process_reproduces_the_run(exported, tmp_path):
     scale = json.loads((reg_run / "export" / "regressor.json").read_text())
     assert scale["parity"]["max_scaled"] <= 1
     np.testing.assert_allclose(got["predicted"], expected, rtol=1e-4, atol=1e-4)
+
+    p_signal = clf.predict(events, mass)
+    assert len(p_signal) == len(images) > 100
+    np.testing.assert_allclose(got["p_signal"], p_signal, atol=1e-5)
