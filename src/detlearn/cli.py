@@ -265,6 +265,9 @@ def evaluate(
     """Validate a run on its own test split, and against its recipe's simulator; writes
     report.html + metrics.json."""
     report = run_evaluate(run, out_dir)
+    reference = json.loads((report.parent / "metrics.json").read_text()).get("reference")
+    if reference:
+        out.print(f"reference: {reference}", markup=False, soft_wrap=True)
     _print_checks(report)
     out.print(f"report: {report}", markup=False)
 

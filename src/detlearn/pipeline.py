@@ -28,12 +28,13 @@ from detlearn._files import atomic_write_bytes
 from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config
 from detlearn.errors import DetlearnError
 from detlearn.families import export_run, get_family, train
+from detlearn.io.dataset import Dataset
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe, load_config
 from detlearn.report import write_report
-from detlearn.runs.artifact import read_run_info
+from detlearn.runs.artifact import RunInfo, read_run_info
 
-__all__ = ["evaluate", "run_recipe"]
+__all__ = ["evaluate", "run_recipe", "simulator_mismatch"]
 
 
 def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> Path:
@@ -47,9 +48,45 @@ def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, seed: int =
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     info = read_run_info(run_dir)
     generic = get_family(info.family).evaluate(run_dir, out_dir, seed)
+    reference = "the run's own held-out test split"
     if info.recipe:
-        return get_recipe(info.recipe).evaluate(run_dir, out_dir, [generic], seed)
-    return write_report(out_dir, f"{info.family} run {run_dir.name}", {}, sections=[generic])
+        not_simulated = simulator_mismatch(info)
+        if not_simulated is None:
+            return get_recipe(info.recipe).evaluate(run_dir, out_dir, [generic], seed)
+        reference += f", not {info.recipe}'s simulator: {not_simulated}"
+    return write_report(
+        out_dir,
+        f"{info.family} run {run_dir.name}",
+        {},
+        sections=[generic],
+        reference=reference,
+    )
+
+
+def simulator_mismatch(info: RunInfo) -> str | None:
+    """None when every input file of the run's dataset was written by its recipe's built-in
+    simulator with the ``simulate`` settings of the run's config (so the recipe's suite, which
+    compares with that simulator's exact truth, applies); otherwise why not, in one clause."""
+    recipe = get_recipe(str(info.recipe))
+    records = Dataset.open(info.dataset).manifest.get("provenance")
+    if not records:
+        return "the dataset records no file provenance (prepare it again to record it)"
+    options = recipe.simulate_options.model_validate(info.config.simulate or {})
+    wanted = options.model_dump(mode="json")
+    for path, record in records.items():
+        if not record or record.get("writer") != "detlearn simulate":
+            writer = record.get("writer") if record else "no detlearn record: your own file"
+            return f"{path} was not written by it ({writer})"
+        if record.get("recipe") != recipe.name:
+            return f"{path} was written by {record.get('recipe')}'s simulator"
+        have = record.get("options") or {}
+        for key in sorted(set(wanted) | set(have)):
+            if have.get(key) != wanted.get(key):
+                return (
+                    f"{path} was simulated with {key}={have.get(key)!r}, the run's config says "
+                    f"simulate.{key}={wanted.get(key)!r} (set it to compare with the simulator)"
+                )
+    return None
 
 
 def run_recipe(

@@ -32,6 +32,7 @@ from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import MANIFEST, column_dtype, read_shard_record, write_shard
 from detlearn.io.expressions import ColumnSet
+from detlearn.io.provenance import read_provenance
 from detlearn.io.sources import Chunk, WorkItem, plan_work_items, resolve_sources
 from detlearn.parallel import executor, prestart
 from detlearn.recipes import get_recipe
@@ -338,6 +339,8 @@ def prepare(
         "shards": shards,
         "failed": failed,
         "rows": rows,
+        # Which program wrote each input (None: not detlearn, e.g. ddsim), for evaluate.
+        "provenance": {path: read_provenance(path) for path in _sources(shards)},
     }
     atomic_write_json(out / MANIFEST, manifest)
     nonfinite: dict[str, int] = {}
@@ -346,7 +349,7 @@ def prepare(
             nonfinite[name] = nonfinite.get(name, 0) + count
     return PrepareSummary(
         out=out,
-        files=len({s["source"]["path"] for s in shards}),
+        files=len(_sources(shards)),
         shards=len(shards),
         rows=rows,
         seconds=time.perf_counter() - t0,
@@ -356,6 +359,11 @@ def prepare(
         extracted=sum(s.get("extracted_rows", s["rows"]) for s in shards),
         nonfinite=nonfinite,
     )
+
+
+def _sources(shards: list[dict[str, Any]]) -> list[str]:
+    """The shards' source files, each once, in order."""
+    return list(dict.fromkeys(s["source"]["path"] for s in shards))
 
 
 def _reason(err: BaseException) -> str:

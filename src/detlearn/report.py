@@ -101,6 +101,7 @@ def write_report(
     figures: Sequence[tuple[str, str | Path]] = (),
     targets: Mapping[str, tuple[str, float]] | None = None,
     sections: Sequence[Section] = (),
+    reference: str | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/metrics.json``, atomically.
 
@@ -114,12 +115,14 @@ def write_report(
         targets: name → (operator, threshold), e.g. ``{"kl_mean": ("<=", 0.02)}``; operators
             ``<=``, ``<``, ``>=``, ``>`` apply to the metric's value and show as pass/fail.
         sections: further titled parts after these (e.g. the family's generic evaluation).
+        reference: one line saying what the model was compared with, shown under the title.
 
     Returns:
         The path of ``report.html``. ``metrics.json`` holds ``title``, ``metrics`` (as given,
         Scores as dicts, NaN as null), ``checks`` (per target: op, threshold, value, pass),
         ``passed`` (all targets met; null without targets), ``tables`` (title, rows) and
-        ``figures`` (captions, file names) and ``sections`` (title, metrics, tables, figures).
+        ``figures`` (captions, file names), ``sections`` (title, metrics, tables, figures) and
+        ``reference``.
     """
     out_dir = Path(out_dir)
     entries = {name: _metric_entry(v) for name, v in metrics.items()}
@@ -140,6 +143,8 @@ def write_report(
         "Baseline: the same metric for two independent simulated samples of equal size; "
         "ratio = value / baseline (≈ 1: as close to simulation as simulation is to itself).</p>",
     ]
+    if reference:
+        parts.append(f"<p><b>Reference:</b> {html.escape(reference)}</p>")
     passed = all(c["pass"] for c in checks.values()) if checks else None
     if passed is not None:
         verdict = "pass" if passed else "fail"
@@ -162,6 +167,7 @@ def write_report(
         to_jsonable(
             {
                 "title": title,
+                "reference": reference,
                 "metrics": metrics,
                 "checks": checks,
                 "passed": passed,

@@ -44,6 +44,8 @@ class Evaluate(Protocol):
 
 #: ``extract(chunk, data) -> columns``: the rows of one work item (a file's entry range).
 Extract = Callable[[Chunk, Any], dict[str, np.ndarray]]
+
+
 class FastSim(Protocol):
     """``fastsim(run_dir, out_dir, events, seed, contexts) -> files``: a trained run writes
     simulation files in the layout the simulator writes (events drawn as the simulator draws

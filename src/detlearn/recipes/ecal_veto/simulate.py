@@ -99,6 +99,7 @@ from detlearn._files import atomic_path
 from detlearn._progress import track
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
+from detlearn.io.provenance import simulator_provenance, write_provenance
 from detlearn.recipes.ecal_veto import geometry as geo
 from detlearn.recipes.ecal_veto._kernels import deposit_events
 
@@ -644,9 +645,15 @@ def sample_file_name(mass: float | None) -> str:
     return f"{_sample_name(mass)}.root"
 
 
-def write_events(events: EcalEvents, path: str | Path, compression: str = "lz4") -> Path:
+def write_events(
+    events: EcalEvents,
+    path: str | Path,
+    compression: str = "lz4",
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``events`` as tree ``ecalHits`` (the module docstring lists the branches) to
-    ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    ``path`` atomically (a temporary file in the same folder, then a rename), with the
+    ``provenance`` record (:mod:`detlearn.io.provenance`) when given."""
     path = Path(path)
     hits = ak.unflatten(
         ak.zip(
@@ -682,6 +689,8 @@ def write_events(events: EcalEvents, path: str | Path, compression: str = "lz4")
             field_name=lambda outer, inner: inner,
         )
         f["ecalHits"].extend(columns)
+        if provenance is not None:
+            write_provenance(f, provenance)
     return path
 
 
@@ -724,6 +733,7 @@ def simulate(
     def one(sample: tuple[float | None, int]) -> Path:
         mass, n = sample
         batch = simulate_sample(mass, n, seed, cfg)
-        return write_events(batch, out_dir / sample_file_name(mass), cfg.compression)
+        record = simulator_provenance("ecal-veto", cfg, seed, samples.index(sample))
+        return write_events(batch, out_dir / sample_file_name(mass), cfg.compression, record)
 
     return [one(s) for s in track(samples, "simulating ECal samples")]

@@ -66,6 +66,7 @@ from detlearn._blocks import Joined, in_blocks, seeded_blocks
 from detlearn._files import atomic_path
 from detlearn._progress import progress
 from detlearn.errors import DetlearnError
+from detlearn.io.provenance import simulator_provenance, write_provenance
 from detlearn.recipes.hcal_energy._kernels import pileup_rows, quantize_values, readout_rows
 from detlearn.recipes.hcal_energy.baselines import mahi_lite
 from detlearn.recipes.hcal_energy.config import (
@@ -393,8 +394,10 @@ def write_channels(
     path: str | Path,
     compression: Compression = "lz4",
     level: int = 1,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write tree ``Events`` with FACILE's branches (:data:`BRANCHES`) to ``path`` atomically.
+    """Write tree ``Events`` with FACILE's branches (:data:`BRANCHES`) to ``path`` atomically,
+    with the ``provenance`` record (:mod:`detlearn.io.provenance`) when given.
 
     ``raw``, ``ped``, ``inNoiseADC`` and ``inNoisePhoto`` are fixed-size ``float[8]`` branches:
     uproot reads them back as ``(n, 8)`` numpy arrays (awkward: ``n * 8 * float32``). The file
@@ -427,6 +430,8 @@ def write_channels(
         tree = f["Events"]
         for start in range(0, len(columns["PU"]), _BASKET):  # one basket per branch each
             tree.extend({k: v[start : start + _BASKET] for k, v in columns.items()})
+        if provenance is not None:
+            write_provenance(f, provenance)
     return path
 
 
@@ -478,7 +483,8 @@ def simulate(
 
     def write(i: int, branches: dict[str, np.ndarray]) -> Path:
         path = out_dir / f"hcal_{i:04d}.root"
-        return write_channels(branches, path, cfg.compression, cfg.compression_level)
+        record = simulator_provenance("hcal-energy", cfg, seed, i)
+        return write_channels(branches, path, cfg.compression, cfg.compression_level, record)
 
     # The blocks of file i + 1 queue behind those of file i, so the threads never wait for a
     # file to be complete; file i is written by another thread meanwhile.

@@ -46,6 +46,7 @@ from detlearn._files import atomic_path
 from detlearn._progress import track
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
+from detlearn.io.provenance import simulator_provenance, write_provenance
 from detlearn.recipes.mass_grid.density import MassGridConfig, acceptance, grid_points, sample_reco
 
 __all__ = ["MassGridEvents", "config_from_options", "simulate", "simulate_point", "write_events"]
@@ -123,13 +124,18 @@ def simulate_point(
     return MassGridEvents(label=label, reco=reco, passed=passed, branches=branches)
 
 
-def write_events(batch: MassGridEvents, path: str | Path) -> Path:
-    """Write ``batch`` as tree ``Events`` to ``path`` atomically (temporary file + rename)."""
+def write_events(
+    batch: MassGridEvents, path: str | Path, provenance: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``batch`` as tree ``Events`` to ``path`` atomically (temporary file + rename),
+    with the ``provenance`` record (:mod:`detlearn.io.provenance`) when given."""
     path = Path(path)
     types = {name: ak.type(ak.Array(value)).content for name, value in batch.branches.items()}
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         f.mktree("Events", types)
         f["Events"].extend(batch.branches)
+        if provenance is not None:
+            write_provenance(f, provenance)
     return path
 
 
@@ -178,6 +184,7 @@ def simulate(
 
     def one(i: int) -> Path:
         batch = simulate_point(labels[i], events, cfg, np.random.default_rng(seeds[i]))
-        return write_events(batch, out_dir / f"grid_{i:03d}.root")
+        record = simulator_provenance("mass-grid", cfg, seed, i)
+        return write_events(batch, out_dir / f"grid_{i:03d}.root", record)
 
     return [one(i) for i in track(range(len(labels)), "simulating the mass grid")]
