@@ -37,7 +37,14 @@ from detlearn.io.sources import Chunk, WorkItem, plan_work_items, resolve_source
 from detlearn.parallel import executor, prestart
 from detlearn.recipes import get_recipe
 
-__all__ = ["PrepareSummary", "expression_extractor", "prepare", "process_item", "resolve_extractor"]
+__all__ = [
+    "PrepareSummary",
+    "expression_extractor",
+    "prepare",
+    "process_item",
+    "resolve_extractor",
+    "weight_column",
+]
 
 Extractor = Callable[[Chunk, DataConfig], dict[str, np.ndarray]]
 ENTRY_ALIAS = "_entry"
@@ -59,16 +66,31 @@ class PrepareSummary:
     entries: int = 0
     extracted: int = 0
     nonfinite: dict[str, int] = field(default_factory=dict)
+    #: The weight column (role ``weight``, the one training uses) and its rows of weight 0 and
+    #: of negative weight (None where shards of an older version did not count them).
+    weight: str | None = None
+    zero_weight: int | None = None
+    negative_weight: int | None = None
 
     def dropped(self) -> str:
-        """One line on what was left out: by the selection (one row per entry) and as
-        non-finite, per column; empty when nothing was."""
+        """One line on what was left out: by the selection (one row per entry), as non-finite
+        (per column), and from training for a weight of 0; and the negative weights kept.
+        Empty when there is nothing to say."""
         parts = []
         if self.extracted < self.entries:
             parts.append(f"selection kept {self.extracted:,} of {self.entries:,} entries")
         if self.nonfinite:
             cols = ", ".join(f"{k} {v:,}" for k, v in sorted(self.nonfinite.items()))
             parts.append(f"non-finite rows dropped: {self.extracted - self.rows:,} ({cols})")
+        if self.zero_weight:
+            parts.append(
+                f"rows of weight 0 ('{self.weight}'), left out of training: {self.zero_weight:,}"
+            )
+        if self.negative_weight:
+            parts.append(
+                f"rows of negative weight ('{self.weight}'), kept with their sign: "
+                f"{self.negative_weight:,}"
+            )
         return "; ".join(parts)
 
     @property
@@ -177,6 +199,25 @@ def _drop_nonfinite(
     return values, counts
 
 
+def weight_column(data: DataConfig) -> str | None:
+    """The column of role ``weight`` training uses (the first), or None."""
+    return next((name for name, spec in data.columns.items() if spec.role == "weight"), None)
+
+
+def _weight_record(values: dict[str, Any], data: DataConfig) -> dict[str, Any] | None:
+    """Sum, zero and negative count of the weight column of a shard's rows."""
+    name = weight_column(data)
+    if name is None or name not in values:
+        return None
+    w = np.asarray(values[name], dtype=np.float64)
+    return {
+        "column": name,
+        "sum": float(w.sum()),
+        "zero": int(np.sum(w == 0)),
+        "negative": int(np.sum(w < 0)),
+    }
+
+
 def process_item(
     item: WorkItem, data: DataConfig, extract: Extractor, shard: Path, chash: str
 ) -> dict[str, Any]:
@@ -212,6 +253,7 @@ def process_item(
         "nonfinite_dropped": nonfinite,
         "nonfinite_rows": extracted - len(values[group]),
         "extracted_rows": extracted,
+        "weight": _weight_record(values, data),
         "dtypes": {k: column_dtype(v) for k, v in values.items()},
     }
     atomic_write_json(shard.with_suffix(".done.json"), record)
@@ -325,6 +367,13 @@ def prepare(
             f"{out}: no rows left to write ({entries} entries read, 0 rows after selection "
             "and non-finite filtering); check data.selection"
         )
+    weights = _weight_totals(shards, data)
+    if weights is not None and not weights["sum"] > 0:
+        raise DetlearnError(
+            f"{out}: the weight column '{weights['column']}' sums to {weights['sum']:g} over "
+            f"{rows:,} rows ({weights['negative']:,} negative, {weights['zero']:,} zero); a "
+            "weighted loss Σ w·ℓ / Σ w needs a positive total: check its expression"
+        )
     dtypes: dict[str, str] = {}
     for s in shards:
         dtypes.update(s["dtypes"])
@@ -358,7 +407,21 @@ def prepare(
         entries=sum(s["entry_stop"] - s["entry_start"] for s in shards),
         extracted=sum(s.get("extracted_rows", s["rows"]) for s in shards),
         nonfinite=nonfinite,
+        weight=weight_column(data),
+        zero_weight=weights["zero"] if weights else None,
+        negative_weight=weights["negative"] if weights else None,
     )
+
+
+def _weight_totals(shards: list[dict[str, Any]], data: DataConfig) -> dict[str, Any] | None:
+    """The weight column's sum, zero and negative counts over all shards; None without a
+    weight column or where a shard did not count them."""
+    records = [s.get("weight") for s in shards]
+    name = weight_column(data)
+    if name is None or not records or any(r is None or r["column"] != name for r in records):
+        return None
+    totals = {key: sum(r[key] for r in records) for key in ("sum", "zero", "negative")}
+    return {"column": name, **totals}
 
 
 def _sources(shards: list[dict[str, Any]]) -> list[str]:

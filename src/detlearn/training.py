@@ -64,6 +64,7 @@ __all__ = [
     "lr_factor",
     "steps_per_epoch",
     "stretched",
+    "unit_mean_weights",
 ]
 
 Arrays = Mapping[str, np.ndarray] | Sequence[np.ndarray]
@@ -182,7 +183,8 @@ class FitResult:
 def _tensors(data: Arrays, keys: Sequence[str], which: str) -> list[torch.Tensor]:
     """The batch columns of ``data`` as float32 tensors, in the model's ``batch_keys`` order.
 
-    A mapping may add a ``"weight"`` column (per-row weights of the loss).
+    A mapping may add a ``"weight"`` column, a sequence a last column after ``keys``: signed
+    per-row weights of the loss (see :func:`unit_mean_weights`).
     """
     if isinstance(data, Mapping):
         missing = [k for k in keys if k not in data]
@@ -191,13 +193,48 @@ def _tensors(data: Arrays, keys: Sequence[str], which: str) -> list[torch.Tensor
         arrays = [data[k] for k in keys] + ([data["weight"]] if "weight" in data else [])
     else:
         arrays = list(data)
-    tensors = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays]
-    lengths = {len(t) for t in tensors}
+    lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
         raise DetlearnError(f"{which} data: columns have different lengths {sorted(lengths)}")
     if lengths == {0}:
         raise DetlearnError(f"{which} data: no rows")
-    return tensors
+    if len(arrays) > len(keys):
+        keep, weight = unit_mean_weights(np.asarray(arrays[-1]), which)
+        arrays = [np.asarray(a)[keep] for a in arrays[:-1]] + [weight]
+    return [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays]
+
+
+def unit_mean_weights(weight: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
+    r"""The rows of nonzero weight, and their weights scaled to mean 1.
+
+    Every model's weighted loss is the batch mean of :math:`w_i \ell_i`; with the weights of
+    the whole split scaled to mean 1 that is, over the split, :math:`\sum_i w_i \ell_i /
+    \sum_i w_i`, and each batch's mean is its unbiased estimate. Signed weights (NLO
+    generators) keep their sign: dividing each batch by its own :math:`\sum w` instead (a
+    ratio estimate) would flip a batch's gradient where its weights happen to sum to ≤ 0.
+    Rows of weight 0 add nothing to the loss and are left out (the normalization is not fitted
+    on them).
+
+    Raises:
+        DetlearnError: non-finite weights, or weights whose sum is not positive.
+
+    Example:
+        >>> keep, w = unit_mean_weights(np.array([2.0, 0.0, -1.0, 5.0]), "train")
+        >>> keep.tolist(), w.tolist()
+        ([True, False, True, True], [1.0, -0.5, 2.5])
+    """
+    w = np.asarray(weight, dtype=np.float64).reshape(len(weight))
+    if not np.isfinite(w).all():
+        raise DetlearnError(f"{which} data: {int(np.sum(~np.isfinite(w)))} non-finite weights")
+    keep = w != 0
+    total = float(w.sum())
+    if not total > 0:
+        raise DetlearnError(
+            f"{which} data: the weights sum to {total:g} over {len(w):,} rows "
+            f"({int(np.sum(w < 0)):,} negative, {int(np.sum(~keep)):,} zero); the weighted loss "
+            "Σ w·ℓ / Σ w needs a positive sum"
+        )
+    return keep, w[keep] * (np.count_nonzero(keep) / total)
 
 
 class _Columns(TensorDataset):
@@ -386,7 +423,9 @@ def fit(
         model: a model following the convention in the module docstring.
         train: the training columns, a mapping keyed by ``model.batch_keys`` (plus optional
             ``"weight"``) or a tuple in that order, shaped as the model's ``loss`` expects
-            (flow: target [N, F], context [N, C]; counts: count [N], context [N, C]).
+            (flow: target [N, F], context [N, C]; counts: count [N], context [N, C]). Signed
+            weights are kept, rows of weight 0 left out, and each split's weights scaled to
+            mean 1 (:func:`unit_mean_weights`).
         val: the validation columns, same layout.
         cfg: training settings (batch size, lr, epochs, patience, max_rows, max_minutes, seed).
         run_dir: output directory. A fresh fit (``resume=False``) replaces its

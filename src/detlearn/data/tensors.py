@@ -29,7 +29,8 @@ def flow_tensors(
     balance: list[str],
     power: float = 1.0,
 ) -> tuple[torch.Tensor, ...]:
-    """(target, context[, weight]) tensors of one split; rows of weight 0 dropped.
+    """(target, context[, weight]) tensors of one split; rows of weight 0 dropped (they add
+    nothing to the loss), negative weights (NLO generators) kept with their sign.
 
     With ``balance`` columns, each row's weight is multiplied by n^−``power`` (rescaled to mean
     1), n the number of rows sharing its values of them: with power 1 every grid label counts
@@ -44,7 +45,7 @@ def flow_tensors(
         share = count[label.reshape(-1)] ** -float(power)
         share *= len(share) / share.sum()
         w = share if w is None else w * share
-    keep = w > 0 if w is not None else np.ones(len(part[context[0]]), dtype=bool)
+    keep = w != 0 if w is not None else np.ones(len(part[context[0]]), dtype=bool)
     x = torch.as_tensor(np.stack([part[k][keep] for k in target], 1), dtype=torch.float32)
     c = torch.as_tensor(np.stack([part[k][keep] for k in context], 1), dtype=torch.float32)
     if w is not None:

@@ -1,8 +1,9 @@
 """Evaluation: generic two-sample and density metrics, and the suites built on them.
 
 - ``metrics``: distances and test statistics of two samples (W1, KS, two-sample χ², energy
-  distance, classifier AUC), density scores (KL from exact densities, PIT calibration), and
-  :class:`Score`, a value beside its simulation-vs-simulation baseline.
+  distance, classifier AUC; W1, KS and quantiles also with signed event weights), density
+  scores (KL from exact densities, PIT calibration), and :class:`Score`, a value beside its
+  simulation-vs-simulation baseline.
 - ``density``: binned validation of a conditional density p(t | c) in context bins.
 - ``floors``: how far two samples of the same size differ by chance (bootstrap floors).
 - ``regression``: response and resolution per bin (FACILE's definitions), σ_eff.
@@ -26,6 +27,7 @@ from detlearn.evaluation.metrics import (
     quantiles_rel_error,
     to_jsonable,
     wasserstein1,
+    weighted_quantile,
     width68,
     with_baseline,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "to_jsonable",
     "validate_conditional",
     "wasserstein1",
+    "weighted_quantile",
     "width68",
     "with_baseline",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "quantiles_rel_error",
     "to_jsonable",
     "wasserstein1",
+    "weighted_quantile",
     "width68",
     "with_baseline",
 ]
@@ -58,26 +59,104 @@ def _sample(x: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
+def _weights(w: np.ndarray | None, x: np.ndarray, name: str) -> np.ndarray | None:
+    """Signed event weights of sample ``x`` (None: unweighted), checked: one finite weight
+    per value and a positive sum (a weighted CDF divides by it)."""
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64).ravel()
+    if w.size != x.size:
+        raise DetlearnError(f"{name}: {x.size} values but {w.size} weights")
+    if not np.isfinite(w).all():
+        raise DetlearnError(f"{name}: {int(np.sum(~np.isfinite(w)))} non-finite weights")
+    total = float(w.sum())
+    if not total > 0:
+        raise DetlearnError(
+            f"{name}: the weights sum to {total:g} over {w.size:,} values; a weighted "
+            "distribution needs a positive sum"
+        )
+    return w
+
+
+def _cdf(x: np.ndarray, w: np.ndarray | None, at: np.ndarray) -> np.ndarray:
+    """The (weighted) empirical CDF of ``x`` at the sorted points ``at``: Σ_{x_i ≤ at} w_i / Σ w_i
+    (signed weights: not necessarily monotone)."""
+    order = np.argsort(x, kind="stable")
+    steps = np.ones(x.size) if w is None else w[order]
+    cum = np.concatenate([[0.0], np.cumsum(steps)]) / steps.sum()
+    return cum[np.searchsorted(x[order], at, side="right")]
+
+
+def wasserstein1(
+    a: np.ndarray,
+    b: np.ndarray,
+    a_weights: np.ndarray | None = None,
+    b_weights: np.ndarray | None = None,
+) -> float:
     r"""Wasserstein-1 (earth mover's) distance of two 1-D samples, in the data's units.
 
     :math:`W_1 = \int |F_a(x) - F_b(x)|\,dx` with :math:`F` the empirical CDFs: the mean
     distance each unit of probability must move to turn one sample into the other.
     A pure location shift by :math:`\delta` gives :math:`W_1 = |\delta|`.
+
+    With event weights :math:`F(x) = \sum_{x_i \le x} w_i / \sum_i w_i`. Negative weights
+    (NLO generators) enter with their sign, so an event cancelled by an equal one of weight −1
+    counts as absent; only the total must be positive.
+
+    Example:
+        >>> wasserstein1([0.0, 1.0, 5.0, 5.0], [1.0], a_weights=[1, 1, 1, -1])  # 5s cancel
+        0.5
     """
-    return float(stats.wasserstein_distance(_sample(a, "wasserstein1"), _sample(b, "wasserstein1")))
+    a, b = _sample(a, "wasserstein1"), _sample(b, "wasserstein1")
+    wa, wb = _weights(a_weights, a, "wasserstein1"), _weights(b_weights, b, "wasserstein1")
+    if wa is None and wb is None:
+        return float(stats.wasserstein_distance(a, b))
+    x = np.sort(np.concatenate([a, b]))
+    gap = np.abs(_cdf(a, wa, x[:-1]) - _cdf(b, wb, x[:-1]))
+    return float(np.sum(gap * np.diff(x)))
 
 
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    r"""Two-sample Kolmogorov–Smirnov distance :math:`\sup_x |F_a(x) - F_b(x)|` (unitless)."""
+def ks_statistic(
+    a: np.ndarray,
+    b: np.ndarray,
+    a_weights: np.ndarray | None = None,
+    b_weights: np.ndarray | None = None,
+) -> float:
+    r"""Two-sample Kolmogorov–Smirnov distance :math:`\sup_x |F_a(x) - F_b(x)|` (unitless).
+
+    Event weights as in :func:`wasserstein1` (signed; a positive total).
+    """
     # The statistic alone: scipy's ks_2samp also computes a p-value (exact, and slow, for
     # n ≤ 10 000), which is meaningless at simulation sample sizes anyway.
-    a = np.sort(_sample(a, "ks_statistic"))
-    b = np.sort(_sample(b, "ks_statistic"))
+    a, b = _sample(a, "ks_statistic"), _sample(b, "ks_statistic")
+    wa, wb = _weights(a_weights, a, "ks_statistic"), _weights(b_weights, b, "ks_statistic")
     x = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, x, side="right") / a.size
-    cdf_b = np.searchsorted(b, x, side="right") / b.size
-    return float(np.max(np.abs(cdf_a - cdf_b)))
+    return float(np.max(np.abs(_cdf(a, wa, x) - _cdf(b, wb, x))))
+
+
+def weighted_quantile(
+    x: np.ndarray, q: float | Sequence[float] | np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    r"""Quantiles of a weighted sample: for each ``q`` the smallest value whose cumulative
+    weight reaches :math:`q \sum_i w_i` (the inverse weighted CDF, no interpolation: numpy's
+    ``method="inverted_cdf"`` when unweighted).
+
+    Negative weights enter the cumulative sum with their sign, so it need not rise
+    monotonically; the first value where it reaches the level is taken. The total weight must
+    be positive.
+
+    Example:
+        >>> weighted_quantile([1.0, 2.0, 3.0, 3.0], [0.5, 1.0], [1, 1, 1, -1])  # the 3s cancel
+        array([1., 2.])
+    """
+    values = _sample(x, "weighted_quantile")
+    w = _weights(weights, values, "weighted_quantile")
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(np.ones(values.size) if w is None else w[order])
+    levels = np.atleast_1d(np.asarray(q, dtype=np.float64)) * cum[-1]
+    # The first crossing of each level (argmax of a boolean row is its first True).
+    first = np.argmax(cum[None, :] >= levels[:, None] * (1 - 1e-12), axis=1)
+    return values[order][first]
 
 
 def _merge_bins(na: np.ndarray, nb: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray]:

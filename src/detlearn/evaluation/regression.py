@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from detlearn.evaluation.metrics import weighted_quantile
+
 __all__ = ["TRIM", "bin_stats", "sigma_eff"]
 
 #: The quantiles of ΔE kept by :func:`bin_stats` (FACILE's 2–98 %).
@@ -27,7 +29,11 @@ def sigma_eff(ratio: np.ndarray, coverage: float = 0.683) -> float:
 
 
 def bin_stats(
-    e: np.ndarray, e_gen: np.ndarray, e_ref: float, trim: tuple[float, float] = TRIM
+    e: np.ndarray,
+    e_gen: np.ndarray,
+    e_ref: float,
+    trim: tuple[float, float] = TRIM,
+    weights: np.ndarray | None = None,
 ) -> dict[str, float]:
     """FACILE's per-bin numbers of one method: trimmed μ, σ [GeV], response, resolution.
 
@@ -40,11 +46,25 @@ def bin_stats(
         e_gen: their generated energies [GeV].
         e_ref: the bin's energy scale, e.g. the pT bin centre [GeV].
         trim: the quantiles of ΔE kept.
+        weights: signed event weights: the trim quantiles (:func:`weighted_quantile`), μ and σ
+            are weighted (NaN where the kept weights sum to ≤ 0); σ_eff and the error's n
+            stay counts of rows.
     """
     de, deposit = e - e_gen, e_gen > 0
-    lo, hi = np.quantile(de, trim)
-    kept = de[(de >= lo) & (de <= hi)]
-    mu, sigma = float(kept.mean()), float(kept.std())
+    if weights is None:
+        lo, hi = np.quantile(de, trim)
+        inside = (de >= lo) & (de <= hi)
+        kept = de[inside]
+        mu, sigma = float(kept.mean()), float(kept.std())
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        lo, hi = weighted_quantile(de, trim, w)
+        inside = (de >= lo) & (de <= hi)
+        kept, wk = de[inside], w[inside]
+        total = wk.sum()
+        mu = float(np.sum(wk * kept) / total) if total > 0 else float("nan")
+        var = float(np.sum(wk * (kept - mu) ** 2) / total) if total > 0 else float("nan")
+        sigma = float(np.sqrt(var)) if var >= 0 else float("nan")
     response = 1.0 - mu / e_ref
     # c >= 1; a response <= 0 (mean off by more than E_ref) has no meaningful correction.
     c = max(response, 1.0 / response) if response > 0 else float("nan")

@@ -7,11 +7,13 @@ of the target.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from detlearn.errors import DetlearnError
+from detlearn.evaluation.metrics import weighted_quantile
 from detlearn.evaluation.regression import bin_stats
 from detlearn.export.regressor import export_regressor
 from detlearn.families.base import Family
@@ -27,26 +29,39 @@ BINS = 5
 
 def evaluate_regressor(run_dir: Path, out_dir: Path, seed: int = 0) -> Section:
     """The regressor's generic metrics on the test split of its own data (module docstring);
-    ``seed`` is unused (nothing is drawn)."""
+    ``seed`` is unused (nothing is drawn). With a weight column every number is weighted
+    (signed weights with their sign; rows of weight 0 left out); the histogram is not."""
     reg = Regression.load(run_dir)
     info = reg.info
     target = reg.target_name
+    weight = info.weight_column()
     test = info.load_split(
-        [*reg.input_names, target], "test", max_rows=info.config.evaluation.max_rows
+        [*reg.input_names, target, *([weight] if weight else [])],
+        "test",
+        max_rows=info.config.evaluation.max_rows,
     )
+    if weight:
+        keep = test[weight] != 0  # not trained on
+        test = {k: v[keep] for k, v in test.items()}
     y = test[target].astype(np.float64)
     if len(y) < 2 * BINS:
         raise DetlearnError(f"{info.dataset}: the test split has {len(y)} rows; prepare more")
+    w = test[weight].astype(np.float64) if weight else None
     pred = reg.predict(test).astype(np.float64)
     unit = info.target[0].unit or ""
     residual = pred - y
-    edges = np.quantile(y, np.linspace(0, 1, BINS + 1))
+    mean_square, bias = _weighted_mean(residual**2, w), _weighted_mean(residual, w)
+    levels = np.linspace(0, 1, BINS + 1)
+    edges = np.quantile(y, levels) if w is None else weighted_quantile(y, levels, w)
+    edges[0], edges[-1] = y.min(), y.max()
     index = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, BINS - 1)
     rows = []
     for k in range(BINS):
         sel = index == k
-        centre = float(np.mean(y[sel]))
-        stats = bin_stats(pred[sel], y[sel], centre) if sel.sum() >= 2 else {}
+        ws = None if w is None else w[sel]
+        centre = _weighted_mean(y[sel], ws)
+        scorable = sel.sum() >= 2 and (ws is None or ws.sum() > 0)
+        stats = bin_stats(pred[sel], y[sel], centre, weights=ws) if scorable else {}
         rows.append(
             {
                 f"{target} bin [{unit}]": f"[{edges[k]:.4g}, {edges[k + 1]:.4g}]",
@@ -61,8 +76,8 @@ def evaluate_regressor(run_dir: Path, out_dir: Path, seed: int = 0) -> Section:
     return Section(
         "Generic regressor metrics on the run's own test split",
         {
-            "test_rmse": float(np.sqrt(np.mean(residual**2))),
-            "test_bias": float(np.mean(residual)),
+            "test_rmse": math.sqrt(mean_square) if mean_square >= 0 else math.nan,
+            "test_bias": bias,
             "test_rows": float(len(y)),
         },
         tables=[(f"prediction − {target} in quantile bins of {target} (2–98 % trimmed)", rows)],
@@ -73,6 +88,14 @@ def evaluate_regressor(run_dir: Path, out_dir: Path, seed: int = 0) -> Section:
             )
         ],
     )
+
+
+def _weighted_mean(x: np.ndarray, w: np.ndarray | None) -> float:
+    """Σ w·x / Σ w (the plain mean without weights; NaN where the weights sum to ≤ 0)."""
+    if w is None:
+        return float(np.mean(x))
+    total = float(np.sum(w))
+    return float(np.sum(w * x) / total) if total > 0 else math.nan
 
 
 REGRESSOR = Family(

@@ -1,7 +1,7 @@
 r"""Signal/background classifiers of calorimeter events (the LDMX ECal veto): one logit per event.
 
 Both models give a logit ℓ [N], P(signal) = σ(ℓ), and train on the binary cross-entropy
-(weighted: Σ wᵢ lᵢ / Σ wᵢ, signed weights allowed):
+(weighted: Σ wᵢ lᵢ / Σ wᵢ over the split, signed weights allowed):
 
 - :class:`ImageClassifier`: the LDMX ``ConvNet`` (seeds_code.md §2.3) for any image size and
   channel count. Each entry of ``conv_channels`` is Conv2d (``kernel``, 'same' padding) → ReLU →
@@ -205,7 +205,9 @@ class _Classifier(torch.nn.Module):
     def loss(self, batch: Sequence[Tensor]) -> Tensor:
         """Binary cross-entropy [nats] of a batch in ``batch_keys`` order, optionally weighted.
 
-        With a trailing weight tensor w [N] the loss is Σ wᵢ lᵢ / Σ wᵢ (signed weights allowed).
+        With a trailing weight tensor w [N] the loss is the mean of wᵢ lᵢ: signed weights, which
+        :func:`~detlearn.training.fit` scales to mean 1 over the split, so that it is
+        Σ wᵢ lᵢ / Σ wᵢ there (a batch's own Σ wᵢ may be ≤ 0).
         """
         n_inputs = len(self.batch_keys) - 1
         inputs, label = batch[:n_inputs], batch[n_inputs].reshape(-1)
@@ -215,7 +217,7 @@ class _Classifier(torch.nn.Module):
         )
         if len(batch) > n_inputs + 1:
             weight = batch[n_inputs + 1].reshape(-1)
-            return (per_event * weight).sum() / weight.sum()
+            return (per_event * weight).mean()
         return per_event.mean()
 
     def predict_proba(self, *inputs: Tensor) -> Tensor:

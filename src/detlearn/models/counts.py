@@ -121,11 +121,12 @@ class CountModel(torch.nn.Module):
         )
 
     def loss(self, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
-        """Mean negative log-likelihood of a batch ``(n, c)`` or weighted ``(n, c, w)``."""
+        """Mean negative log-likelihood of a batch ``(n, c)``, or weighted ``(n, c, w)``: the
+        mean of w·NLL (weights scaled to mean 1 over the split by ``fit``)."""
         n, c, *weight = batch
         nll = -self.log_prob(n, c)
         if weight:
-            return (nll * weight[0]).sum() / weight[0].sum()
+            return (nll * weight[0]).mean()
         return nll.mean()
 
     def mean(self, c: Tensor) -> Tensor:

@@ -162,7 +162,9 @@ class Regressor(torch.nn.Module):
     def loss(self, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
         """Mean loss of ``(inputs, target[, weight])`` in target standard deviations².
 
-        ``relative`` is the mean squared relative error ((ŷ − y)/y)² instead.
+        ``relative`` is the mean squared relative error ((ŷ − y)/y)² instead. With a weight
+        column the mean of w·loss (signed weights scaled to mean 1 over the split by
+        :func:`~detlearn.training.fit`: Σ w·loss / Σ w over the split).
         """
         inputs, target = batch[0], batch[1].reshape(-1)
         weight = batch[2] if len(batch) > 2 else None
@@ -179,7 +181,7 @@ class Regressor(torch.nn.Module):
             )
         if weight is None:
             return per_row.mean()
-        return (per_row * weight).sum() / weight.sum()
+        return (per_row * weight.reshape(-1)).mean()
 
     @torch.no_grad()
     def folded_layers(self) -> tuple[Tensor, list[tuple[Tensor, Tensor]], str]:

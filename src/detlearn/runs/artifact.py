@@ -117,6 +117,12 @@ class RunInfo(_Record):
             fractions=self.config.split.model_dump(mode="json"),
         )
 
+    def weight_column(self) -> str | None:
+        """The dataset's weight column (role ``weight``, the first: the one training used), or
+        None for an unweighted dataset."""
+        names = Dataset.open(self.dataset).names("weight")
+        return names[0] if names else None
+
     @classmethod
     def describe(
         cls,

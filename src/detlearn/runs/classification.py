@@ -40,7 +40,7 @@ from detlearn.models import BoostedTrees, ImageClassifier, PointCloudClassifier,
 from detlearn.models.classifiers import top_hits
 from detlearn.runs.artifact import RunInfo, TargetColumn, read_run_info
 from detlearn.runs.training_data import TrainingData, seeded
-from detlearn.training import fit
+from detlearn.training import fit, unit_mean_weights
 
 __all__ = [
     "MODEL_DIR",
@@ -101,8 +101,9 @@ def train_classifier(
     """Train the classifier ``model.classifier`` describes; returns the run directory.
 
     The dataset's ``label`` column (role ``label``, 1 = signal) is the truth; rows with weight
-    (role ``weight``) weigh the loss with their sign. Both classes must be present in every
-    split; a mass-parameterized model needs the mass column (role ``context``).
+    (role ``weight``) weigh the loss with their sign (the bdt refuses negative weights). Both
+    classes must be present in every split; a mass-parameterized model needs the mass column
+    (role ``context``).
     """
     ccfg, ds = cfg.model.classifier, data.ds
     if len(data.label) != 1:
@@ -143,7 +144,7 @@ def train_classifier(
         batches[name] = batch
     out.mkdir(parents=True, exist_ok=True)
     if ccfg.arch == "bdt":
-        train, val = batches["train"], batches["val"]
+        train, val = _bdt_rows(batches["train"]), batches["val"]
         trees = BoostedTrees.train(
             train["features"],
             train["label"],
@@ -180,6 +181,22 @@ def train_classifier(
         out
     )
     return out
+
+
+def _bdt_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The BDT's training rows: weights checked and scaled as for the networks (rows of weight
+    0 left out); negative weights refused, since a tree's leaf divides by its summed hessian,
+    which they can turn ≤ 0."""
+    if "weight" not in batch:
+        return batch
+    keep, weight = unit_mean_weights(batch["weight"], "train")
+    if (weight < 0).any():
+        raise DetlearnError(
+            f"model.classifier.arch bdt: {int((weight < 0).sum()):,} training events have "
+            "negative weights, which gradient-boosted trees cannot fit; train arch cnn or "
+            "point_cloud (their loss takes signed weights)"
+        )
+    return {**{k: v[keep] for k, v in batch.items()}, "weight": weight}
 
 
 class Classifier:

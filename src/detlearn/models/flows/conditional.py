@@ -387,7 +387,9 @@ class ConditionalFlow(torch.nn.Module):
         return torch.where(self.support.outside(x, c).any(dim=-1), -math.inf, lp)
 
     def loss(self, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
-        """Mean negative log-likelihood of a batch ``(x, c)`` or weighted ``(x, c, w)``.
+        """Mean negative log-likelihood of a batch ``(x, c)``, or weighted ``(x, c, w)``: the
+        mean of w·NLL, which :func:`~detlearn.training.fit` makes Σ w·NLL / Σ w over the split
+        by scaling its (signed) weights to mean 1.
 
         In training mode the network reads the context with the noise of
         ``cfg.context_noise`` (the targets and ``relative_to`` read it as it is).
@@ -395,7 +397,7 @@ class ConditionalFlow(torch.nn.Module):
         x, c, *weight = batch
         nll = -self._log_prob(x, c, noisy=self.training)
         if weight:
-            return (nll * weight[0]).sum() / weight[0].sum()
+            return (nll * weight[0]).mean()
         return nll.mean()
 
     @torch.no_grad()
