@@ -46,6 +46,12 @@ def test_numpy_and_awkward_namespaces():
         ("px > 0 and py < 0 or not pz > 1", ((PX > 0) & (PY < 0)) | ~(PZ > 1)),
         ("-1 < px < 1", (PX > -1) & (PX < 1)),
         ("ak.num(hitE) >= 2", COUNTS >= 2),
+        # ROOT's (C++) spelling: && || and a logical not that binds tightly; != stays.
+        ("px > 0 && py < 0 || !(pz > 1)", ((PX > 0) & (PY < 0)) | ~(PZ > 1)),
+        ("px>0&&py!=0", (PX > 0) & (PY != 0)),
+        ("!(px > 0)&&!(ak.num(hitE) == 0)", (PX <= 0) & (COUNTS != 0)),
+        ("!ak.num(hitE)", COUNTS == 0),
+        ("!ak.num(hitE) == 0", COUNTS != 0),  # C: (!n) == 0; Python's not would negate it all
     ],
 )
 def test_selections(text, expected):
@@ -329,3 +335,102 @@ def test_allowed_keywords_and_small_powers_still_work():
     assert Expression("x ** 2 + 2 ** 10").evaluate({"x": x}).tolist() == [1025.0, 1040.0, 1105.0]
     jagged = ak.Array([[1.0, 2.0], [3.0]])
     assert Expression("ak.sum(h, axis=1)").evaluate({"h": jagged}).tolist() == [3.0, 3.0]
+
+
+def test_root_logic_keeps_the_sandbox_limits():
+    with pytest.raises(DetlearnError, match="nested too deeply"):
+        Expression("!" * 150 + "x")
+    with pytest.raises(DetlearnError, match=r"cannot parse expression 'x &&& y'"):
+        Expression("x &&& y")
+    with pytest.raises(DetlearnError, match=r"'0 \| py' is computed before the comparison"):
+        Expression("px > 0 | py < 0 && pz > 0")
+
+
+# EDM4hep's CovMatrix3f: a fixed-size array per hit, read as n * var * 6 * float32.
+COV = ak.to_regular(
+    ak.Array([[[0.0, 1, 2, 3, 4, 5], [6.0, 7, 8, 9, 10, 11]], [], [[12.0, 13, 14, 15, 16, 17]]]),
+    axis=2,
+)
+
+
+@pytest.mark.parametrize("leaf", ["Hits.covMatrix.values[6]", "Hits.covMatrix.values"])
+def test_fixed_size_array_leaves_give_one_element_of_every_array(leaf):
+    arrays = {leaf: COV, "Hits.eDep": ak.Array([[1.0, 2.0], [], [3.0]])}
+    for text in ("Hits.covMatrix.values[0]", "Hits.covMatrix[0]"):
+        assert Expression(text).evaluate(arrays).tolist() == [[0.0, 6.0], [], [12.0]]
+    assert Expression("Hits.covMatrix[-1]").evaluate(arrays).tolist() == [[5.0, 11.0], [], [17.0]]
+    columns = ColumnSet({"c5": "ak.sum(Hits.covMatrix.values[5] * Hits.eDep, axis=1)"})
+    assert columns.branches(list(arrays)) == {leaf, "Hits.eDep"}
+    assert columns.evaluate(arrays)[0]["c5"].tolist() == [5.0 + 22.0, 0.0, 51.0]
+    # A list per entry keeps its meaning: x[0] is the first entry (and a clear error as a column).
+    assert Expression("Hits.eDep[0]").evaluate(arrays).tolist() == [1.0, 2.0]
+    with pytest.raises(DetlearnError, match="IndexError"):
+        Expression("Hits.covMatrix[6]").evaluate(arrays)
+
+
+def _write_hits_with_covariances(path, n_events: int, seed: int = 0):
+    """An EDM4hep-like hit collection: ``Hits.eDep`` and ``Hits.covMatrix.values`` (six floats
+    per hit), sharing the counter ``Hits``."""
+    from uproot.writing._cascadetree import Tree
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, n_events)
+    cov = ak.to_regular(
+        ak.unflatten(rng.normal(0, 1, (counts.sum(), 6)).astype(np.float32), counts), axis=2
+    )
+    e_dep = ak.unflatten(rng.exponential(1.0, counts.sum()).astype(np.float32), counts)
+    columns = {"Hits.eDep": e_dep, "Hits.covMatrix.values": cov}
+    write_jagged = Tree.write_jagged_basket
+
+    def sized(self, sink, branch_name, compression, array, offsets):
+        # uproot 5 hands this a flattened array of a `var * 6` branch and so writes its entry
+        # offsets in floats, not in arrays of six (unreadable); give it the arrays' shape.
+        shape = self._branch_data[self._branch_lookup[branch_name]]["shape"]
+        return write_jagged(
+            self, sink, branch_name, compression, array.reshape(-1, *shape), offsets
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Tree, "write_jagged_basket", sized)
+        with uproot.recreate(path) as f:
+            types = {k: ak.type(v).content for k, v in columns.items()}
+            f.mktree("events", types, counter_name=lambda name: name.split(".")[0])
+            f["events"].extend(columns)
+    return cov, e_dep
+
+
+def test_fixed_size_array_leaves_and_root_cuts_through_prepare(tmp_path, runner):
+    import yaml
+
+    from detlearn.cli import app
+    from detlearn.io.dataset import Dataset
+
+    cov, e_dep = _write_hits_with_covariances(tmp_path / "hits.root", 200)
+    with uproot.open(tmp_path / "hits.root") as f:
+        assert str(f["events"]["Hits.covMatrix.values"].array().type) == "200 * var * 6 * float32"
+    config = {
+        "data": {
+            "inputs": ["hits.root"],
+            "columns": {
+                "sigma_xx": {"expr": "ak.max(Hits.covMatrix.values[0], axis=1)", "role": "target"},
+                "sigma_zz": {"expr": "ak.max(Hits.covMatrix[5], axis=1)", "role": "observer"},
+                "e": {"expr": "ak.sum(Hits.eDep, axis=1)", "role": "context", "unit": "GeV"},
+            },
+            "selection": "ak.num(Hits.eDep) > 0 && !(ak.sum(Hits.eDep, axis=1) > 3)",
+        },
+        "executor": {"workers": 1},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(
+        app, ["prepare", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "ds"), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = Dataset.open(tmp_path / "ds").load(["sigma_xx", "sigma_zz", "e"])
+    total = ak.to_numpy(ak.sum(e_dep, axis=1))
+    keep = (ak.to_numpy(ak.num(e_dep)) > 0) & ~(total > 3)
+    order = np.argsort(rows["e"])
+    expected = np.argsort(total[keep])
+    np.testing.assert_allclose(rows["e"][order], total[keep][expected], rtol=1e-6)
+    for column, k in (("sigma_xx", 0), ("sigma_zz", 5)):
+        want = ak.to_numpy(ak.max(cov[..., k], axis=1))[keep][expected]
+        np.testing.assert_array_equal(rows[column][order], want)

@@ -9,10 +9,16 @@ event by event:
   cuts read as written). ``& | ^`` bind tighter than a comparison in Python (not in a ROOT cut),
   so an unbracketed ``&``/``|``/``^`` operand of a comparison (``a == 1 & b > 0``, which Python
   reads as ``a == (1 & b) > 0``) is rejected with the advice to bracket each comparison;
+- ROOT's (C++) ``&&``, ``||`` and ``!``, read as ``and``, ``or`` and C's logical not: ``!x`` is
+  ``x == 0`` and binds as tightly as in C (``!x > 0`` is ``(x == 0) > 0``); ``!=`` stays;
 - subscripts: ``x[:, 0]`` (first element of every entry), ``x[x > 0]`` (mask), and
   ``values[index]`` where ``index`` holds one integer per entry: the element ``index`` of each
   entry's list (FEDHEX's ``TwoProng_massPi0[CBL_RecoPhi_twoprongindex]``). A negative or
   out-of-range per-entry index gives a missing value (None), which a selection reads as False;
+- fixed-size array leaves (EDM4hep's ``C.covMatrix.values[6]``, read as ``n * var * 6``):
+  ``C.covMatrix.values[k]`` (or ``C.covMatrix[k]``) is element ``k`` of every array, as in
+  ``TTree::Draw``, whether the branch is named with its size (``values[6]``) or without; a
+  constant index of an array whose innermost dimension has a fixed size picks that element;
 - calls of whitelisted functions: numpy's, bare or as ``np.``/``numpy.`` (``sqrt``, ``arccos``,
   ``where``, ``clip``, ...; see ``NUMPY_FUNCTIONS``), and awkward's as ``ak.``/``awkward.`` with
   awkward's own semantics (``ak.num(x)``, ``ak.sum(x, axis=1)``; see ``AWKWARD_FUNCTIONS``);
@@ -101,6 +107,7 @@ _MODULE_FUNCTIONS = {
     "awkward": AWKWARD_FUNCTIONS,
 }
 _SUBSCRIPT = "_detlearn_subscript"
+_ELEMENT = "_detlearn_element"
 _ALIAS = "_detlearn_v{}"
 
 _ALLOWED_OPERATORS = (
@@ -164,10 +171,93 @@ def _subscript(value: Any, index: Any) -> Any:
     return ak.firsts(values[ak.singletons(ak.mask(ak.Array(np.where(ok, idx, 0)), ok))])
 
 
+def _fixed_innermost(value: Any) -> bool:
+    """Whether the innermost dimension of ``value`` has a fixed size (``var * 6 * float32``,
+    a 2-D numpy array): an array per element, not a list per entry."""
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 2
+    if not isinstance(value, ak.Array):
+        return False
+    kind, innermost = ak.type(value).content, None
+    while isinstance(kind, ak.types.ListType | ak.types.RegularType | ak.types.OptionType):
+        if not isinstance(kind, ak.types.OptionType):
+            innermost = kind
+        kind = kind.content
+    return isinstance(innermost, ak.types.RegularType)
+
+
+def _element(value: Any, index: int) -> Any:
+    """``value[index]`` for a constant ``index``, except that of fixed-size arrays (EDM4hep's
+    ``covMatrix.values``) it is element ``index`` of every array."""
+    return value[..., index] if _fixed_innermost(value) else value[index]
+
+
+#: ROOT's (C++) logical operators; ``!`` but not ``!=``.
+_ROOT_LOGIC = re.compile(r"&&|\|\||!(?!=)")
+#: A leaf of fixed-size arrays named with its size, ``C.covMatrix.values[6]``.
+_SIZED_LEAF = re.compile(r"^(?P<base>.+)\[\d+\]$")
+
+
+def _root_logic(text: str) -> tuple[str, frozenset[int]]:
+    """``text`` with ROOT's ``&&`` and ``||`` spelled ``and`` and ``or``, and each ``!`` (a
+    logical not) as ``~``; returns it and the (byte) offsets of those ``~``.
+
+    Example:
+        >>> _root_logic("!(a>0)&&b!=1||!c")
+        ('~(a>0) and b!=1 or ~c', frozenset({0, 19}))
+    """
+    parts: list[str] = []
+    nots: set[int] = set()
+    end = 0
+    for match in _ROOT_LOGIC.finditer(text):
+        parts.append(text[end : match.start()])
+        token = match.group()
+        if token == "!":
+            nots.add(len("".join(parts).encode()))
+        parts.append({"&&": " and ", "||": " or ", "!": "~"}[token])
+        end = match.end()
+    parts.append(text[end:])
+    return "".join(parts), frozenset(nots)
+
+
+class _LogicalNot(ast.NodeTransformer):
+    """Turns the ``~`` that stood for ROOT's ``!`` into C's logical not, ``operand == 0``."""
+
+    def __init__(self, offsets: frozenset[int]) -> None:
+        self.offsets = offsets
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Invert) and node.col_offset in self.offsets:
+            test = ast.Compare(left=node.operand, ops=[ast.Eq()], comparators=[ast.Constant(0)])
+            return ast.copy_location(test, node)
+        return node
+
+
+def _shorthands(known: Collection[str]) -> dict[str, str]:
+    """Shorter names of fixed-size array leaves: ``C.covMatrix.values[6]`` is also
+    ``C.covMatrix.values`` and ``C.covMatrix``, ``C.covMatrix.values`` also ``C.covMatrix``
+    (where no branch has that name)."""
+    names: dict[str, str] = {}
+    for leaf in known:
+        sized = _SIZED_LEAF.match(leaf)
+        base = sized.group("base") if sized else leaf
+        for short in {base, base.removesuffix(".values")} - {leaf}:
+            names.setdefault(short, leaf)
+    return {short: leaf for short, leaf in names.items() if short not in known}
+
+
 def _constant(node: ast.AST) -> bool:
     """Whether ``node`` is built of number constants alone (no name, no call)."""
     return all(isinstance(n, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop))
                for n in ast.walk(node))  # fmt: skip
+
+
+def _integer(node: ast.AST) -> bool:
+    """Whether ``node`` is an integer constant, negative ones included (``-1``)."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) is int
 
 
 def _depth(node: ast.AST) -> int:
@@ -292,10 +382,12 @@ class _Resolver(ast.NodeTransformer):
 
     def __init__(self, known: Collection[str]) -> None:
         self.known = known
+        self.shorthands = _shorthands(known)
         self.aliases: dict[str, str] = {}
         self.unknown: list[str] = []
 
     def _name(self, name: str, node: ast.AST) -> ast.AST:
+        name = self.shorthands.get(name, name)
         if name in self.known:
             alias = self.aliases.setdefault(name, _ALIAS.format(len(self.aliases)))
             return ast.copy_location(ast.Name(id=alias, ctx=ast.Load()), node)
@@ -357,10 +449,13 @@ class _Resolver(ast.NodeTransformer):
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         self.generic_visit(node)
-        if isinstance(node.slice, ast.Slice | ast.Tuple | ast.Constant):
+        if isinstance(node.slice, ast.Slice | ast.Tuple):
             return node
+        if _constant(node.slice) and not _integer(node.slice):
+            return node  # x[None], x[...]
+        helper = _ELEMENT if _constant(node.slice) else _SUBSCRIPT
         call = ast.Call(
-            func=ast.Name(id=_SUBSCRIPT, ctx=ast.Load()), args=[node.value, node.slice], keywords=[]
+            func=ast.Name(id=helper, ctx=ast.Load()), args=[node.value, node.slice], keywords=[]
         )
         return ast.copy_location(call, node)
 
@@ -391,19 +486,22 @@ class Expression:
         self.label = label if label is not None else (f"column '{column}'" if column else "")
         if len(self.text) > MAX_LENGTH:
             raise self._fail(f"{len(self.text):,} characters long (at most {MAX_LENGTH:,})")
+        # ROOT's && || ! read as Python's and / or / a logical not.
+        source, nots = _root_logic(self.text)
         try:
-            self._tree = ast.parse(self.text, mode="eval")
+            self._tree = ast.parse(source, mode="eval")
         except SyntaxError as err:
             pos = max((err.offset or 1) - 1, 0)
             raise DetlearnError(
                 f"cannot parse {self._describe()}: {err.msg} at char {pos} "
-                f"({self.text[pos : pos + 10]!r})"
+                f"({source[pos : pos + 10]!r})"
             ) from None
         except (RecursionError, MemoryError):
             raise self._fail(f"nested too deeply (at most {MAX_DEPTH} levels)") from None
         if _depth(self._tree) > MAX_DEPTH:
             raise self._fail(f"nested too deeply (at most {MAX_DEPTH} levels)")
-        _Checker(self._fail, self.text).visit(self._tree)
+        _Checker(self._fail, source).visit(self._tree)
+        self._tree = _LogicalNot(nots).visit(self._tree)
         # Every chunk of a dataset resolves against the same names; copying, rewriting and
         # compiling the tree for each chunk cost half as much as the arithmetic on it (measured).
         self._resolved: dict[frozenset[str], tuple[types.CodeType, dict[str, str]]] = {}
@@ -474,7 +572,12 @@ class Expression:
                 name or any failure while evaluating (jagged/flat broadcast mismatches, ...).
         """
         code, aliases = self._resolve(arrays.keys(), arrays.keys(), where)
-        namespace: dict[str, Any] = {"__builtins__": {}, _SUBSCRIPT: _subscript, **_MODULES}
+        namespace: dict[str, Any] = {
+            "__builtins__": {},
+            _SUBSCRIPT: _subscript,
+            _ELEMENT: _element,
+            **_MODULES,
+        }
         namespace.update(_CONSTANTS)
         namespace.update({alias: arrays[name] for name, alias in aliases.items()})
         try:
