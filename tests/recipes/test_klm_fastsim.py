@@ -19,6 +19,7 @@ from detlearn.io.provenance import read_provenance
 from detlearn.pipeline import run_recipe
 from detlearn.prepare import prepare
 from detlearn.recipes.klm_timing import fastsim
+from detlearn.recipes.klm_timing.closure import closure
 from detlearn.recipes.klm_timing.simulate import KLMSimConfig, gun_contexts
 from detlearn.runs import Surrogate
 from detlearn.runs.surrogate import ContextRangeWarning
@@ -34,7 +35,7 @@ TINY = {
         "count_max_epochs": 2,
     },
     "training": {"max_epochs": 1, "batch_size": 4096},
-    "evaluation": {"max_rows": 2000, "options": {"reference_events": 100}},
+    "evaluation": {"max_rows": 2000, "options": {"reference_events": 100, "closure_events": 50}},
     "executor": {"workers": 1},
 }
 
@@ -157,3 +158,30 @@ def test_the_simulator_marks_its_files_and_fastsim_needs_a_klm_run(run, tmp_path
     result = runner.invoke(app, ["fastsim", str(tmp_path), "-n", "5", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2  # not a whole run: refused in one line
     assert "Traceback" not in result.output
+
+
+def test_the_closure_compares_fastsim_and_simulator_through_the_reader(run):
+    surrogate = Surrogate.load(run / "run")
+    rows, summary = closure(surrogate, KLMSimConfig(), 120, seed=2, bins=3)
+    assert [r["quantity"] for r in rows][-2:] == [
+        "photons per event",
+        "first-photon Δt (≥ 5 photons)",
+    ]
+    assert len(rows) == 5 and all(r["n_sim"] > 0 and r["n_fastsim"] > 0 for r in rows)
+    for r in rows:
+        unit = "photons" if r["quantity"] == "photons per event" else "ns"
+        assert r[f"w1_floor [{unit}]"] > 0
+        assert r["pass"] == (r[f"w1 [{unit}]"] <= 2 * r[f"w1_floor [{unit}]"])
+    assert summary["closure_pass_fraction"] == np.mean([r["pass"] for r in rows])
+
+
+def test_the_closure_floor_tells_a_shifted_sample_from_a_second_draw():
+    from detlearn.evaluation.metrics import wasserstein1
+    from detlearn.recipes.klm_timing.closure import _beside_floor
+
+    rng = np.random.default_rng(0)
+    a, b, same = (rng.normal(0, 1, 20_000) for _ in range(3))
+    value, floor = _beside_floor(a, same, b, wasserstein1, rng, draws=5)
+    assert value < 2 * floor  # a third draw is within the floor
+    value, floor = _beside_floor(a, same + 5 * floor, b, wasserstein1, rng, draws=5)
+    assert value > 2 * floor

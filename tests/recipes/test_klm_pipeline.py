@@ -19,7 +19,7 @@ TINY = {
         "count_max_epochs": 2,
     },
     "training": {"max_epochs": 1, "batch_size": 4096},
-    "evaluation": {"max_rows": 3000, "options": {"reference_events": 200}},
+    "evaluation": {"max_rows": 3000, "options": {"reference_events": 200, "closure_events": 100}},
     "executor": {"workers": 1},
 }
 
