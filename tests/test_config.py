@@ -171,3 +171,87 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
     columns = load_config(path).data.columns
     assert (columns["q"].role, columns["q"].unit) == ("context", "MeV")
     assert columns["p"].unit == "GeV"
+
+
+def test_a_recipes_column_is_changed_key_by_key_or_removed_with_null(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "recipe: mass-grid\ndata:\n  columns:\n    phi: null\n"
+        "    omega: {expr: omega_mass, lower: null}\n    extra: {role: observer}\n"
+    )
+    cfg = load_config(path)
+    columns = cfg.data.columns
+    assert list(columns) == ["omega", "label_phi", "label_omega", "extra"]
+    # omega keeps the recipe's role and unit, takes the user's expression and clears its bound.
+    assert (columns["omega"].expr, columns["omega"].role, columns["omega"].unit) == (
+        "omega_mass",
+        "target",
+        "GeV",
+    )
+    assert columns["omega"].lower is None
+    recipe = "recipe mass-grid's defaults"
+    origins = {name: cfg.data.column_origin(name) for name in columns}
+    assert origins == {"omega": str(path), "label_phi": recipe, "label_omega": recipe,
+                       "extra": str(path)}  # fmt: skip
+    # --set is a layer of its own (and removes too); a column's origin is its expression's.
+    over = {"data": {"columns": {"label_phi": None, "omega": {"unit": "MeV"}}}}
+    cfg = load_config(path, over)
+    assert "label_phi" not in cfg.data.columns and cfg.data.column_origin("omega") == str(path)
+    over["data"]["columns"]["omega"]["expr"] = "omega_mass * 1000"
+    assert load_config(path, over).data.column_origin("omega") == "--set"
+    # A null column that no layer below defines is a misspelling: one line naming it.
+    path.write_text("recipe: mass-grid\ndata:\n  columns:\n    phii: null\n")
+    with pytest.raises(
+        DetlearnError,
+        match=r"run\.yaml: data\.columns\.phii: null removes a column defined by the recipe's "
+        r"defaults, but there is no column 'phii' \(columns: phi, omega, label_phi, label_omega\)$",
+    ):
+        load_config(path)
+
+
+def test_a_bad_key_is_named_with_the_layer_that_set_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: mass-grid\ntraining: {lr: 0.1}\n")
+    with pytest.raises(DetlearnError, match=r"^--set: key 'training.lr': Input should be"):
+        load_config(path, {"training": {"lr": -1}})
+    path.write_text("recipe: mass-grid\ntraining: {lr: -1}\n")
+    with pytest.raises(DetlearnError, match=rf"^{path}: key 'training.lr'"):
+        load_config(path)
+
+
+def test_a_column_error_says_whether_the_recipe_or_the_user_defined_the_column(tmp_path):
+    from conftest import write_flat
+
+    from detlearn.prepare import prepare
+
+    # mass-grid's columns read FEDHEX branches that this flat file does not have.
+    flat = write_flat(tmp_path / "flat.root", n=50)
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "mass-grid",
+                "data": {"inputs": [str(flat)], "selection": "region == 1"},
+                "executor": {"workers": 1},
+            }
+        )
+    )
+    with pytest.raises(DetlearnError) as err:
+        prepare(load_config(path), tmp_path / "ds", progress=False)
+    assert str(err.value).startswith(
+        "unknown name 'CBL_RecoPhi_mass' in expression 'CBL_RecoPhi_mass' (column 'phi' from "
+        "recipe mass-grid's defaults; replace it under data.columns in your config or remove it "
+        "with 'phi: null') in "
+    )
+    columns = {"phi": {"expr": "px * 2", "role": "target"}, "omega": {"expr": "pxx"}}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "mass-grid",
+                "data": {"inputs": [str(flat)], "selection": "region == 1", "columns": columns},
+                "executor": {"workers": 1},
+            }
+        )
+    )
+    with pytest.raises(DetlearnError, match=rf"\(column 'omega' from {path}\) in .*flat\.root"):
+        prepare(load_config(path), tmp_path / "ds", progress=False)

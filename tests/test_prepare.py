@@ -194,7 +194,8 @@ def test_cli_nonfinite_error_names_file_and_column(tmp_path, runner):
     config = flat_config(tmp_path, [str(path)], on_nonfinite="error")
     code, lines = _cli(runner, "prepare", config, "--out", tmp_path / "ds", "--quiet")
     assert code == 2 and len(lines) == 1
-    assert "f.root: column 'p' has 3 non-finite values" in lines[0]
+    # The column says where it was defined: the user's config.
+    assert f"f.root: column 'p' from {config} has 3 non-finite values" in lines[0]
     assert not (tmp_path / "ds" / "manifest.json").exists()
 
 

@@ -112,7 +112,9 @@ class DataConfig(_Strict):
     )
     options: dict[str, Any] = Field(default_factory=dict, description="options for the extractor")
     columns: dict[str, ColumnSpec] = Field(
-        default_factory=dict, description="output columns: name -> {expr, role, unit, bounds}"
+        default_factory=dict,
+        description="output columns: name -> {expr, role, unit, bounds}; a recipe's column "
+        "given again is changed key by key, 'name: null' removes it",
     )
     selection: str | None = Field(None, description="row selection expression, e.g. 'x > 0'")
 
@@ -137,11 +139,37 @@ class DataConfig(_Strict):
     # Column name -> where its spec came from (a recipe's defaults, the user's file, --set),
     # filled by config_from_raw for error messages; not part of the config's value.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Columns a config layer removed ('name: null'): left out even where an extractor gives them.
+    _removed: frozenset[str] = PrivateAttr(frozenset())
+
+    @property
+    def removed_columns(self) -> frozenset[str]:
+        """Columns of a recipe's defaults that the user's config removed (``name: null``);
+        ``prepare`` leaves them out even where the recipe's extractor gives them."""
+        return self._removed
 
     def column_origin(self, name: str) -> str:
         """Where column ``name`` was defined (``"recipe mass-grid's defaults"``, the config
         file, ``"--set"``); empty when unknown (a config built in Python)."""
         return self._origins.get(name, "")
+
+    def column_label(self, name: str, advice: bool = True) -> str:
+        """How an error names column ``name``: with where it was defined, and (``advice``) for
+        a recipe's column how to replace or remove it.
+
+        Example:
+            >>> DataConfig(columns={"x": {}}).column_label("x")
+            "column 'x'"
+        """
+        origin = self.column_origin(name)
+        if not origin:
+            return f"column '{name}'"
+        if advice and origin.startswith("recipe "):
+            return (
+                f"column '{name}' from {origin}; replace it under data.columns in your config "
+                f"or remove it with '{name}: null'"
+            )
+        return f"column '{name}' from {origin}"
 
 
 class HoldoutConfig(_Strict):
@@ -727,13 +755,32 @@ def config_from_raw(
     data = merged.setdefault("data", {})
     if isinstance(data, dict) and isinstance(data.get("inputs"), list):
         data["inputs"] = [_relative_to(item, path.parent) for item in data["inputs"]]
-    cfg = validate_config(merged, str(path))
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as err:
+        # Named after the layer that set the offending key: the file, --set, or the recipe.
+        loc = tuple(str(p) for p in err.errors()[0]["loc"])
+        layer = next((origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), 1)
+        raise DetlearnError(_explain(err, names[layer])) from None
     cfg.data._origins = {
         col: names[origin.get((*_COLUMNS, col, "expr"), origin.get((*_COLUMNS, col), 1))]
         for col in cfg.data.columns
     }
     cfg.training._epochs_note = note
+    removed = {
+        name
+        for _, layer in layers
+        for name, spec in _columns_of(layer).items()
+        if spec is None and name not in cfg.data.columns
+    }
+    cfg.data._removed = frozenset(removed)
     return cfg
+
+
+def _columns_of(layer: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = layer.get("data")
+    columns = data.get("columns") if isinstance(data, Mapping) else None
+    return columns if isinstance(columns, Mapping) else {}
 
 
 def _explicit_epochs(

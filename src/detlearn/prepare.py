@@ -117,7 +117,8 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
     group = group_column(data)
     if group not in exprs:
         exprs[group] = ENTRY_ALIAS
-    columns = _column_set(tuple(exprs.items()), data.selection, tuple(data.require))
+    labels = tuple((name, data.column_label(name)) for name in exprs)
+    columns = _column_set(tuple(exprs.items()), data.selection, tuple(data.require), labels)
     keys = chunk.keys()
     branches = sorted(columns.branches([*keys, ENTRY_ALIAS], where=chunk.path) - {ENTRY_ALIAS})
     records = chunk.arrays(branches)
@@ -131,11 +132,14 @@ def expression_extractor(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray
 
 @functools.lru_cache(maxsize=8)
 def _column_set(
-    exprs: tuple[tuple[str, str | None], ...], selection: str | None, require: tuple[str, ...]
+    exprs: tuple[tuple[str, str | None], ...],
+    selection: str | None,
+    require: tuple[str, ...],
+    labels: tuple[tuple[str, str], ...],
 ) -> ColumnSet:
     # One per config, kept across the chunks a process handles: the set caches its resolved
     # and compiled expressions.
-    return ColumnSet(dict(exprs), selection, require)
+    return ColumnSet(dict(exprs), selection, require, dict(labels))
 
 
 def _numpy_if_flat(array: ak.Array) -> Any:
@@ -189,8 +193,8 @@ def _drop_nonfinite(
         if bad:
             if data.on_nonfinite == "error":
                 raise DetlearnError(
-                    f"{where}: column '{name}' has {bad} non-finite values (NaN/Inf); "
-                    "set data.on_nonfinite: drop to drop those rows"
+                    f"{where}: {data.column_label(name, advice=False)} has {bad} non-finite values "
+                    "(NaN/Inf); set data.on_nonfinite: drop to drop those rows"
                 )
             counts[name] = bad
             keep = finite if keep is None else keep & finite
@@ -221,22 +225,31 @@ def _weight_record(values: dict[str, Any], data: DataConfig) -> dict[str, Any] |
 def process_item(
     item: WorkItem, data: DataConfig, extract: Extractor, shard: Path, chash: str
 ) -> dict[str, Any]:
-    """Extract one work item with ``extract`` and write its shard; returns the shard record."""
+    """Extract one work item with ``extract`` and write its shard; returns the shard record.
+
+    Columns the config removed (``name: null`` over a recipe's column) are left out, even
+    where ``extract`` gives them."""
     chunk = Chunk(item)
-    values = extract(chunk, data)
+    group = group_column(data)
+    values = {
+        name: value
+        for name, value in extract(chunk, data).items()
+        if name not in data.removed_columns or name == group
+    }
     rows = len(next(iter(values.values()))) if values else 0
     values |= {name: np.full(rows, value) for name, value in item.source.constants}
     missing = [name for name in data.columns if name not in values]
     if missing:
         raise DetlearnError(
-            f"{chunk.where}: column '{missing[0]}' of data.columns is neither read from the file "
-            "nor set for it in data.inputs (give {path: ..., columns: {" + missing[0] + ": ...}})"
+            f"{chunk.where}: {data.column_label(missing[0])} of data.columns is neither read "
+            "from the file nor set for it in data.inputs (give {path: ..., columns: {"
+            + missing[0]
+            + ": ...}})"
         )
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:
         sizes = {k: len(v) for k, v in values.items()}
         raise DetlearnError(f"{chunk.where}: extracted columns differ in length: {sizes}")
-    group = group_column(data)
     if group not in values:
         raise DetlearnError(f"{chunk.where}: extractor returned no group column '{group}'")
     extracted = len(values[group])

@@ -104,7 +104,11 @@ def test_nonfinite_context_is_an_error_naming_column_and_count(tmp_path, runner)
     result = runner.invoke(app, ["prepare", str(config), "--out", str(tmp_path / "ds"), "--quiet"])
     assert result.exit_code == 2, result.output
     rows = int(events.n_photons[:2].clip(min=1).sum())
-    assert f"bad.root: column 'z' has {rows} non-finite values" in result.output
+    text = " ".join(result.output.split())
+    assert (
+        f"bad.root: column 'z' from recipe klm-timing's defaults has {rows} non-finite values"
+        in text
+    )
     assert not (tmp_path / "ds" / "manifest.json").exists()
 
 
@@ -124,3 +128,12 @@ def test_a_collection_without_optical_photons_is_an_error_naming_what_it_holds(t
         text,
     ), text
     assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_a_recipe_column_removed_with_null_is_left_out_though_the_extractor_gives_it(tmp_path):
+    cfg = KLMSimConfig()
+    write_edm4hep(simulate_events(20, cfg, np.random.default_rng(0)), tmp_path / "klm.root", cfg)
+    config = _config(tmp_path, [str(tmp_path / "klm.root")], columns={"edep": None})
+    prepare(load_config(config), tmp_path / "ds", progress=False)
+    columns = Dataset.open(tmp_path / "ds").columns
+    assert "edep" not in columns and {"dt", "photon", "event"} <= set(columns)

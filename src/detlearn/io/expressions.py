@@ -612,6 +612,8 @@ class ColumnSet:
         require: boolean expressions of branches that every entry read must satisfy
             (``ak.num(raw) == 8``: a fixed number of samples); an entry where one is False or
             missing is an error naming the expression, the entries that fail and the first.
+        labels: how errors name a column (default ``column 'NAME'``), e.g. with where it
+            was defined: ``column 'phi' (from recipe mass-grid's defaults)``.
 
     Example:
         >>> import awkward as ak
@@ -625,9 +627,11 @@ class ColumnSet:
         columns: Mapping[str, str | None],
         selection: str | None = None,
         require: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
     ) -> None:
+        self.labels = {name: (labels or {}).get(name) or f"column '{name}'" for name in columns}
         self.columns = {
-            name: Expression(name if expr is None else expr, column=name)
+            name: Expression(name if expr is None else expr, column=name, label=self.labels[name])
             for name, expr in columns.items()
         }
         self.selection = Expression(selection, label="selection") if selection else None
@@ -735,7 +739,7 @@ class ColumnSet:
         return columns, n, n_after
 
     def _what(self, name: str) -> str:
-        return f"column '{name}' (expr '{self.columns[name].text}')"
+        return f"{self.labels[name]} (expr '{self.columns[name].text}')"
 
     def _raw(
         self, name: str, arrays: Mapping[str, Any], raw: Mapping[str, Any], n: int, where: str
