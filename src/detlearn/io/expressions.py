@@ -613,7 +613,7 @@ class ColumnSet:
             (``ak.num(raw) == 8``: a fixed number of samples); an entry where one is False or
             missing is an error naming the expression, the entries that fail and the first.
         labels: how errors name a column (default ``column 'NAME'``), e.g. with where it
-            was defined: ``column 'phi' (from recipe mass-grid's defaults)``.
+            was defined: ``column 'phi' from recipe mass-grid's defaults``.
 
     Example:
         >>> import awkward as ak
