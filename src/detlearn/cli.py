@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from detlearn.config import deep_merge, dump_commented_yaml, validate_config
+from detlearn.config import RunConfig, deep_merge, dump_commented_yaml, validate_config
 from detlearn.errors import DetlearnError, DetlearnWarning
 from detlearn.families import export_run
 from detlearn.families import train as run_train
@@ -99,10 +99,27 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return result
 
 
+#: ``detlearn config show generic``: a config of your own files, with no recipe.
+GENERIC = "generic"
+
+
 @config_app.command("show")
 @_user_errors
-def config_show(recipe: Annotated[str, typer.Argument(help="recipe name")]) -> None:
-    """Print a recipe's full default config, with a comment on every key."""
+def config_show(
+    recipe: Annotated[
+        str, typer.Argument(help=f"recipe name, or '{GENERIC}' for your own files (no recipe)")
+    ],
+) -> None:
+    """Print a recipe's full default config (or, for 'generic', the defaults of a config with
+    no recipe: your own columns), with a comment on every key."""
+    if recipe == GENERIC:
+        print(dump_commented_yaml(RunConfig()))
+        return
+    if recipe not in RECIPES:
+        raise DetlearnError(
+            f"unknown recipe '{recipe}'; known recipes: {', '.join(sorted(RECIPES))}, or "
+            f"'{GENERIC}' for a config of your own files"
+        )
     found = get_recipe(recipe)
     cfg = validate_config(
         deep_merge({"recipe": recipe}, found.default_config()), f"recipe {recipe}"

@@ -830,14 +830,22 @@ def dump_commented_yaml(
     """YAML text of a config with each key's description as a trailing comment.
 
     ``expand``: top-level free sections written as the given model instead, every key with its
-    comment (a recipe's ``simulate`` options as its simulator's config).
+    comment (a recipe's ``simulate`` options as its simulator's config). The keys of a section
+    that is unset (``split.holdout: null``), of an empty mapping of sections (no
+    ``data.columns`` yet) and of a list's sections (``data.inputs`` as ``{path, columns}``)
+    follow it as comments, so that every key is shown with its meaning.
     """
     lines: list[str] = []
     pad = "  " * indent
     for name, field in type(model).model_fields.items():
         value = (expand or {}).get(name, getattr(model, name))
         comment = f"  # {field.description}" if field.description else ""
-        if isinstance(value, BaseModel):
+        hint = _commented_keys(field.annotation, value, pad)
+        if hint:
+            dumped = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000)
+            lines.append(f"{pad}{name}: {dumped.strip().removesuffix('...').strip()}{comment}")
+            lines.extend(hint)
+        elif isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:{comment}")
             lines.append(dump_commented_yaml(value, indent + 1))
         elif (
@@ -854,6 +862,47 @@ def dump_commented_yaml(
             dumped = dumped.strip().removesuffix("...").strip()
             lines.append(f"{pad}{name}: {dumped}{comment}")
     return "\n".join(line for line in lines if line)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models among the members of a union annotation (``X | None``)."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    candidates = members or (annotation,)
+    return [m for m in candidates if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _commented_keys(annotation: Any, value: Any, pad: str) -> list[str]:
+    """Comment lines with the keys of the sections a field may hold but does not show: an
+    unset ``X | None``, an empty ``dict[str, X]``, a ``list[str | X]`` without an ``X``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if value is None:
+        models, lead = _models_in(annotation), "  "
+    elif origin is dict and not value:
+        models, lead = _models_in(args[-1]), "  NAME:\n    "
+    elif origin is list and not any(isinstance(v, BaseModel) for v in value):
+        models, lead = _models_in(args[0]), "  - "
+    else:
+        return []
+    if not models:
+        return []
+    keys = [
+        f"{key}: {_shown_default(field)}"
+        + (f"  # {field.description}" if field.description else "")
+        for key, field in models[0].model_fields.items()
+    ]
+    first, _, rest = lead.rpartition("\n")
+    indent = " " * len(rest)
+    head = [f"{pad}#{first}"] if first else []
+    return head + [f"{pad}#{rest if i == 0 else indent}{k}" for i, k in enumerate(keys)]
+
+
+def _shown_default(field: Any) -> str:
+    """A field's default as YAML, or ``...`` for a required one."""
+    if field.is_required():
+        return "..."
+    default = field.get_default(call_default_factory=True)
+    dumped = yaml.safe_dump(_plain(default), default_flow_style=True, width=10_000)
+    return dumped.strip().removesuffix("...").strip()
 
 
 def _plain(value: Any) -> Any:
