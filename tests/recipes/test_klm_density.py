@@ -14,6 +14,7 @@ from detlearn.recipes.klm_timing.simulate import KLMSimConfig, sample_delays, si
 
 DIRECT = KLMSimConfig()
 WLS = KLMSimConfig(mode="wls")
+AIR_GAP = KLMSimConfig(far_end_air_gap=True)
 
 
 def chi2_against_density(
@@ -55,15 +56,26 @@ def test_density_matches_ten_million_simulated_photons():
         (WLS, (700.0, 0.5, 0.3)),
         (KLMSimConfig(particle="pi-", rise_time=0.9, decay_time=2.1), (-200.0, 1.0, 0.5)),
         (KLMSimConfig(wall_tir=False), (600.0, 1.7, 2.0)),
+        (AIR_GAP, (-650.0, 1.2, 1.0)),
+        (KLMSimConfig(far_end_air_gap=True, wall_tir=False), (-300.0, 1.5, 2.0)),
     ],
-    ids=["direct-near", "direct-steep", "wls-mid", "wls-near", "rise-pion", "no-tir"],
+    ids=[
+        "direct-near",
+        "direct-steep",
+        "wls-mid",
+        "wls-near",
+        "rise-pion",
+        "no-tir",
+        "air-gap",
+        "air-gap-no-tir",
+    ],
 )
 def test_density_matches_simulated_photons(cfg, context):
     dt = draw(context, 500_000, cfg, seed=2)
     assert_consistent(*chi2_against_density(dt, context, cfg, n_bins=100))
 
 
-@pytest.mark.parametrize("cfg", [DIRECT, WLS], ids=["direct", "wls"])
+@pytest.mark.parametrize("cfg", [DIRECT, WLS, AIR_GAP], ids=["direct", "wls", "air-gap"])
 @pytest.mark.parametrize(
     "context", [(0.0, np.pi / 2, 1.0), (740.0, 0.3, 0.2), (-745.0, 3.0, 9.0), (755.0, 2.5, 1.0)]
 )
@@ -73,9 +85,10 @@ def test_density_integrates_to_one(cfg, context):
     assert np.trapezoid(f, grid) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_mean_photon_count_matches_simulated_counts():
-    ev = simulate_events(3000, DIRECT, np.random.default_rng(4))
-    expected = mean_photon_count(ev.z_hit, ev.theta, ev.p, DIRECT)
+@pytest.mark.parametrize("cfg", [DIRECT, AIR_GAP], ids=["direct", "air-gap"])
+def test_mean_photon_count_matches_simulated_counts(cfg):
+    ev = simulate_events(3000, cfg, np.random.default_rng(4))
+    expected = mean_photon_count(ev.z_hit, ev.theta, ev.p, cfg)
     residual = ev.n_photons - expected
     assert abs(residual.sum()) < 5 * np.sqrt((residual**2).sum())
     assert residual.sum() / expected.sum() == pytest.approx(0.0, abs=0.01)

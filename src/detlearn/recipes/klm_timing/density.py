@@ -6,23 +6,26 @@ detection probability:
 
     Δt = (x_e − x_ref)/(sinθ βc)  +  a ℓ  +  Exp(τ1) [+ Exp(τ2)]  +  N(0, σ),   Δt <= gate,
 
-with the emission point x_e uniform on the chord, branch b (towards the sensor, weight 1, or via the
-far end, weight R) with probability ½ each, axial distance D_b(x_e), |cos α| = μ uniform, path
-ℓ = D_b/μ and detection probability exp(−ℓ/λ) A(ℓ, μ). Its density is
+with the emission point x_e uniform on the chord, branch b (towards the sensor, or via the far
+end) with probability ½ each, axial distance D_b(x_e), |cos α| = μ uniform, path ℓ = D_b/μ and
+detection probability exp(−ℓ/λ) A(ℓ, μ) w_b(μ), w = 1 towards the sensor and the far end's
+reflectivity R_far(μ) via it. Its density is
 
-    f(Δt) = Σ_b w_b ∫₀¹ du K(D_b(u), Δt − off(u) − a D_b(u)) / P_det,
+    f(Δt) = Σ_b ∫₀¹ du K_b(D_b(u), Δt − off(u) − a D_b(u)) / P_det,
 
-    K(D, s) = ½ ∫ dμ p(μ) exp(−D/(μλ)) A(D/μ, μ) k(s − a D (1/μ − 1)),
+    K_b(D, s) = ½ ∫ dμ p(μ) w_b(μ) exp(−D/(μλ)) A(D/μ, μ) k(s − a D (1/μ − 1)),
 
 where k = Exp(τ1) ⊗ Exp(τ2) ⊗ N(0, σ) is known in closed form and P_det (the probability that a
-candidate is detected inside the gate) normalizes f over Δt <= gate. K depends on the context only
-through D, so it is tabulated once per config (about 2 s, then cached) on a grid of D (log-spaced)
-× s (step σ/10): per time cell, the mass and the first two moments of the kept transport delay are
-integrated over μ by Gauss-Legendre quadrature (split where the side walls stop trapping every
-azimuth, with a substitution for the square-root edge there), and K = M0 ⊗ k − M1 ⊗ k' + ½ M2 ⊗ k''
-by FFT, a moment expansion about the nearest grid node. The u integral is done per (Δt, context)
-pair by composite Gauss-Legendre quadrature on panels short enough that K is smooth on each, with
-K read from the table by cubic interpolation in s and linear interpolation in log D.
+candidate is detected inside the gate) normalizes f over Δt <= gate. K_b depends on the context
+only through D, so it is tabulated once per config (a few seconds, then cached; with a constant
+R_far the far branch is R_far × the direct one) on a grid of D (log-spaced) × s (step σ/10): per
+time cell, the mass and the first two moments of the kept transport delay are integrated over μ
+by Gauss-Legendre quadrature (split where the side walls stop trapping every azimuth and where the
+far face stops reflecting totally, with substitutions for the square-root edges there), and
+K = M0 ⊗ k − M1 ⊗ k' + ½ M2 ⊗ k'' by FFT, a moment expansion about the nearest grid node. The u
+integral is done per (Δt, context) pair by composite Gauss-Legendre quadrature on panels short
+enough that K is smooth on each, with K read from the table by cubic interpolation in s and
+linear interpolation in log D.
 
 Accuracy (against a table twice as fine in every direction): L1 distance ~3e-5, pointwise relative
 error < 1e-3 wherever f exceeds 1e-3 of its peak; far before the earliest arrival (more than ~7 σ
@@ -41,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 from scipy.special import erfc, erfcx
@@ -50,7 +54,7 @@ from detlearn.recipes.klm_timing.simulate import (
     Optics,
     _broadcast_float,
     _tracks,
-    mean_dedx,
+    mean_energy_deposit,
     optics,
 )
 
@@ -119,42 +123,90 @@ def _kernel(t: np.ndarray, opt: Optics) -> tuple[np.ndarray, np.ndarray, np.ndar
     )
 
 
-def _cell_moments(
-    d: np.ndarray, lo: np.ndarray, hi: np.ndarray, left: np.ndarray, opt: Optics, lossy: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """∫ f dμ, ∫ δ f dμ, ∫ δ² f dμ over μ in [lo, hi] (per cell), f the transported, kept
-    density and δ = e − left the transport delay past the cell's left edge [ns].
+@dataclass(frozen=True)
+class _Piece:
+    """A μ interval [a, b] on which the kept density is smooth but for square-root edges at
+    ``a`` or ``b`` (``edge_a``, ``edge_b``); ``lossy``: the side walls lose light there."""
 
-    ``lossy`` pieces lie below ``opt.mu_tir``, where the TIR fraction has a square-root edge at
-    mu_tir; the substitution μ = mu_tir − w² makes the integrand smooth there.
-    """
-    if lossy:
-        w_lo, w_hi = np.sqrt(opt.mu_tir - hi), np.sqrt(opt.mu_tir - lo)
+    a: float
+    b: float
+    edge_a: bool
+    edge_b: bool
+    lossy: bool
+
+
+def _pieces(opt: Optics, far: bool) -> list[_Piece]:
+    """The pieces of [mu_min, 1]: split where the side walls stop trapping every azimuth
+    (mu_tir, an edge from below) and, on the far branch with an air gap, at the far face's
+    critical angle (an edge from above)."""
+    cuts, from_below, from_above = {opt.mu_min, 1.0}, set(), set()
+    if opt.lossy_walls:
+        cuts.add(opt.mu_tir)
+        from_below.add(opt.mu_tir)
+    if far and opt.gap_index:
+        critical = float(np.sqrt(1 - 1 / opt.gap_index**2))
+        cuts.add(critical)
+        from_above.add(critical)
+    points = sorted(c for c in cuts if opt.mu_min <= c <= 1)
+    return [
+        _Piece(a, b, a in from_above, b in from_below, opt.lossy_walls and b <= opt.mu_tir)
+        for a, b in pairwise(points)
+    ]
+
+
+def _mu_nodes(lo: np.ndarray, hi: np.ndarray, piece: _Piece) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes μ on each cell [lo, hi] of ``piece`` and their weights dμ, through a
+    substitution that makes a square-root edge at an end of the piece smooth: μ = b − w²,
+    μ = a + w², or μ = a + (b − a) sin²t for edges at both ends."""
+    a, b = piece.a, piece.b
+    if piece.edge_a and piece.edge_b:
+        t_lo, t_hi = (np.arcsin(np.sqrt(np.clip((m - a) / (b - a), 0, 1))) for m in (lo, hi))
+        half, mid = (t_hi - t_lo) / 2, (t_hi + t_lo) / 2
+        t = mid[..., None] + half[..., None] * _GL_X
+        return a + (b - a) * np.sin(t) ** 2, (b - a) * np.sin(2 * t) * half[..., None] * _GL_W
+    if piece.edge_a or piece.edge_b:
+        end, sign = (a, 1.0) if piece.edge_a else (b, -1.0)
+        w_lo, w_hi = (np.sqrt(np.maximum(sign * (m - end), 0)) for m in (lo, hi))
         half, mid = (w_hi - w_lo) / 2, (w_hi + w_lo) / 2
         w = mid[..., None] + half[..., None] * _GL_X
-        mu = opt.mu_tir - w * w
-        jac = 2 * w * half[..., None] * _GL_W
-    else:
-        half, mid = (hi - lo) / 2, (hi + lo) / 2
-        mu = mid[..., None] + half[..., None] * _GL_X
-        jac = half[..., None] * _GL_W
+        return end + sign * w * w, 2 * w * np.abs(half[..., None]) * _GL_W
+    half, mid = (hi - lo) / 2, (hi + lo) / 2
+    return mid[..., None] + half[..., None] * _GL_X, half[..., None] * _GL_W
+
+
+def _cell_moments(
+    d: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    left: np.ndarray,
+    opt: Optics,
+    piece: _Piece,
+    far: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """∫ f dμ, ∫ δ f dμ, ∫ δ² f dμ over μ in [lo, hi] (per cell, inside ``piece``), f the
+    transported, kept density (with the far end's R_far(μ) on the ``far`` branch with an air
+    gap) and δ = e − left the transport delay past the cell's left edge [ns]."""
+    mu, jac = _mu_nodes(lo, hi, piece)
     ell = d[..., None] / mu
     f = np.exp(-ell * opt.inv_lambda) * jac
-    if lossy:
+    if piece.lossy:
         f *= opt.wall_factor(ell, mu)
+    if far and opt.gap_index:
+        f *= opt.far_reflectivity(mu)
     delta = opt.a * (ell - d[..., None]) - left[..., None]
     f_delta = f * delta
     return f.sum(-1), f_delta.sum(-1), (f_delta * delta).sum(-1)
 
 
 def _transport_moments(
-    d: np.ndarray, n_cells: int, h: float, opt: Optics
+    d: np.ndarray, n_cells: int, h: float, opt: Optics, far: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Moments of the kept transport delay per cell [k h, (k+1) h), about the cell's nearer node.
 
     Returns (M0, M1, M2), each (len(d), n_cells + 1): the probability that a candidate is kept
     with its delay in the cells assigned to node j, and its first and second moments about j h
-    [ns, ns²]. Includes the branch probability ½ and the μ density. With these,
+    [ns, ns²], on the direct branch or the ``far`` one (with its R_far(μ) when that depends
+    on μ). Includes the branch probability ½ and the μ density. With these,
     K = M0 ⊗ k − M1 ⊗ k' + ½ M2 ⊗ k'' up to third-order terms in the distance to the node.
     """
     d = np.maximum(d, 1e-6)[:, None]  # D = 0 (emission on the sensor plane) as a limit
@@ -164,13 +216,10 @@ def _transport_moments(
     hi = np.maximum(hi, lo)
     left = np.broadcast_to(edges[:-1], hi.shape)
     m0, m1, m2 = (np.zeros(hi.shape) for _ in range(3))
-    cut = opt.mu_tir if opt.wall_rate > 0 else opt.mu_min
-    pieces = [(False, np.maximum(lo, cut), hi)]
-    if opt.wall_rate > 0:
-        pieces.append((True, np.minimum(lo, cut), np.minimum(hi, cut)))
-    for lossy, a, b in pieces:
-        b = np.maximum(a, b)
-        parts = _cell_moments(np.broadcast_to(d, a.shape), a, b, left, opt, lossy)
+    for piece in _pieces(opt, far):
+        a = np.clip(lo, piece.a, piece.b)
+        b = np.clip(hi, piece.a, piece.b)
+        parts = _cell_moments(np.broadcast_to(d, a.shape), a, b, left, opt, piece, far)
         for acc, part in zip((m0, m1, m2), parts, strict=True):
             acc += part
     density = 0.5 / (1 - opt.mu_min)
@@ -193,8 +242,9 @@ def _distances(rows: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _table(opt: Optics) -> _Table:
-    """K and C for every axial distance 0..2 L (both branches) and s from −8 σ to gate + margin."""
+def _table(opt: Optics, far: bool = False) -> _Table:
+    """K and C for every axial distance 0..2 L (both branches) and s from −8 σ to gate + margin;
+    of the direct branch, or of the ``far`` one without its constant reflectivity."""
     h = opt.sigma / _STEPS_PER_SIGMA
     left = _LEFT_SIGMAS * _STEPS_PER_SIGMA
     s_max = opt.gate + _MARGIN
@@ -209,7 +259,7 @@ def _table(opt: Optics) -> _Table:
     distances = _distances(rows)
     step = max(1, 1_000_000 // (n_cells * 8))
     for r0 in range(0, rows, step):
-        m0, m1, m2 = _transport_moments(distances[r0 : r0 + step], n_cells, h, opt)
+        m0, m1, m2 = _transport_moments(distances[r0 : r0 + step], n_cells, h, opt, far)
         spectrum = np.fft.rfft(m0, n_fft, axis=1) * kernels[0]
         spectrum -= np.fft.rfft(m1, n_fft, axis=1) * kernels[1]
         spectrum += 0.5 * np.fft.rfft(m2, n_fft, axis=1) * kernels[2]
@@ -220,6 +270,24 @@ def _table(opt: Optics) -> _Table:
     c[:, 1:] = (np.cumsum(k[:, 1:], axis=1, dtype=np.float64) - 0.5 * k[:, 1:]) * h
     c[:, cols + 1 :] = c[:, cols : cols + 1]
     return _Table(s_min=-left * h, h=h, k=k, c=c)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The tables of the two branches and the constant factor of the far one."""
+
+    direct: _Table
+    far: _Table
+    far_scale: float
+
+
+def _tables(opt: Optics) -> _Tables:
+    """With an air gap the far end's reflectivity depends on μ and its branch has its own table;
+    otherwise it is the direct table times R."""
+    if opt.gap_index:
+        return _Tables(_table(opt), _table(opt, far=True), 1.0)
+    table = _table(opt)
+    return _Tables(table, table, opt.reflect)
 
 
 def _row(d: np.ndarray, table: _Table) -> tuple[np.ndarray, np.ndarray]:
@@ -332,22 +400,22 @@ def _branch_sum(
     z_e: np.ndarray,
     dt: np.ndarray | float,
     opt: Optics,
-    table: _Table,
+    tables: _Tables,
 ) -> np.ndarray:
-    """Σ_b w_b lookup(D_b, Δt − off − a D_b) at emission points z_e with time offsets off."""
+    """Σ_b lookup_b(D_b, Δt − off − a D_b) at emission points z_e with time offsets off."""
     d_dir = opt.z_sensor - z_e
     d_ref = z_e - 2 * opt.z_far + opt.z_sensor
-    direct = lookup(d_dir, dt - off - opt.a * d_dir, table)
-    return direct + opt.reflect * lookup(d_ref, dt - off - opt.a * d_ref, table)
+    direct = lookup(d_dir, dt - off - opt.a * d_dir, tables.direct)
+    return direct + tables.far_scale * lookup(d_ref, dt - off - opt.a * d_ref, tables.far)
 
 
-def _p_det(c: _Contexts, opt: Optics, table: _Table) -> np.ndarray:
+def _p_det(c: _Contexts, opt: Optics, tables: _Tables) -> np.ndarray:
     """Probability that a candidate of each context is detected inside the gate."""
     out = np.zeros(len(c.dx))
     idx = np.arange(len(c.dx))
     for part in np.array_split(idx, max(1, int(4 * c.panels.sum()) // _CHUNK + 1)):
         rows, off, z_e, weight = c.nodes(part, part)
-        value = _branch_sum(_lookup_c, off, z_e, opt.gate, opt, table)
+        value = _branch_sum(_lookup_c, off, z_e, opt.gate, opt, tables)
         out += np.bincount(rows, weight * value, minlength=len(out))
     return np.where(c.dx > 0, out, 0.0)
 
@@ -377,16 +445,16 @@ def log_density(
     shape = np.broadcast_shapes(*(np.shape(a) for a in (dt, z, theta, p)))
     dt, z, theta, p = _broadcast_float(dt, z, theta, p)
     opt = optics(cfg)
-    table = _table(opt)
+    tables = _tables(opt)
     zu, tu, pu, inverse = _unique_contexts(z, theta, p)
     c = _contexts(zu, tu, pu, cfg, opt)
-    norm = _p_det(c, opt, table)
+    norm = _p_det(c, opt, tables)
     total = np.zeros(len(dt))
     n_nodes = 4 * c.panels[inverse]
     bounds = np.searchsorted(np.cumsum(n_nodes), np.arange(_CHUNK, n_nodes.sum(), _CHUNK))
     for part in np.split(np.arange(len(dt)), bounds):
         rows, off, z_e, weight = c.nodes(inverse[part], part)
-        value = _branch_sum(_lookup_k, off, z_e, dt[rows], opt, table)
+        value = _branch_sum(_lookup_k, off, z_e, dt[rows], opt, tables)
         total += np.bincount(rows, weight * value, minlength=len(dt))
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.log(total) - np.log(norm[inverse])
@@ -415,7 +483,7 @@ def detection_probability(
     """Probability that a photon candidate of each context is detected (inside the gate)."""
     z, theta, p = _broadcast_float(z, theta, p)
     opt = optics(cfg)
-    return _p_det(_contexts(z, theta, p, cfg, opt), opt, _table(opt))
+    return _p_det(_contexts(z, theta, p, cfg, opt), opt, _tables(opt))
 
 
 def mean_photon_count(
@@ -423,10 +491,10 @@ def mean_photon_count(
 ) -> np.ndarray:
     """Expected number of detected photons per event at each context.
 
-    It is yield × mean E_dep (Bethe dE/dx [MeV/mm] × chord [mm]) × detection probability; the
-    count is Poisson given E_dep, whose Moyal fluctuations make it overdispersed.
+    It is yield × mean E_dep (:func:`~.simulate.mean_energy_deposit` [MeV]) × detection
+    probability; the count is Poisson given E_dep, whose Landau fluctuations make it
+    overdispersed.
     """
     z, theta, p = _broadcast_float(z, theta, p)
-    opt = optics(cfg)
-    length = _tracks(z, theta, p, cfg).length
-    return opt.yield_per_mev * mean_dedx(p, cfg) * length * detection_probability(z, theta, p, cfg)
+    energy = mean_energy_deposit(z, theta, p, cfg)
+    return optics(cfg).yield_per_mev * energy * detection_probability(z, theta, p, cfg)
