@@ -4,7 +4,10 @@ Every model class exposes ``kind`` (the key of :data:`MODELS`), ``spec() -> dict
 (JSON-serializable, with that ``"kind"``) and a classmethod ``from_spec(spec)`` that rebuilds
 the architecture; the weights (parameters and buffers, normalization constants included) live in
 safetensors. Nothing is pickled and nothing is read with ``torch.load``, so a run directory
-someone sent you is safe to open.
+someone sent you is safe to open. ``model.json`` also records the weights file's checksum
+(``weights_checksum``): weights changed on disk since (a flipped bit, another run's file) are
+refused on load, as is anything that is not a safetensors file (a ``.pt`` pickle, a truncated
+copy).
 
 Example:
     >>> import tempfile
@@ -23,7 +26,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from detlearn._files import atomic_path, atomic_write_json, read_json_object
+from detlearn._files import atomic_path, atomic_write_json, file_checksum, read_json_object
 from detlearn.errors import DetlearnError
 from detlearn.models.classifiers import ImageClassifier, PointCloudClassifier
 from detlearn.models.counts import CountModel
@@ -34,6 +37,8 @@ __all__ = ["MODELS", "SPEC_FILE", "WEIGHTS_FILE", "load_model", "model_class", "
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
+#: The key of ``model.json`` holding the weights file's checksum (absent: written before it).
+_CHECKSUM_KEY = "weights_checksum"
 
 #: Every model kind a ``model.json`` may name, and the class that rebuilds it.
 MODELS: dict[str, type[torch.nn.Module]] = {
@@ -65,7 +70,7 @@ def save_model(model: torch.nn.Module, directory: str | Path) -> Path:
     with atomic_path(weights) as tmp:
         # save_model (not save_file) de-duplicates tensors that share storage.
         safetensors.torch.save_model(model, str(tmp), metadata={"kind": spec["kind"]})
-    atomic_write_json(directory / SPEC_FILE, spec)
+    atomic_write_json(directory / SPEC_FILE, {**spec, _CHECKSUM_KEY: file_checksum(weights)})
     return weights
 
 
@@ -79,8 +84,20 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tor
     spec = read_json_object(spec_path)
     if "kind" not in spec:
         raise DetlearnError(f"{spec_path}: missing key 'kind'")
-    model = model_class(spec["kind"]).from_spec(spec)
-    missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    recorded = spec.pop(_CHECKSUM_KEY, None)
+    if recorded is not None and file_checksum(weights) != recorded:
+        raise DetlearnError(
+            f"{weights}: checksum {file_checksum(weights)} differs from {recorded} recorded in "
+            f"{spec_path.name} (the weights changed since they were saved)"
+        )
+    try:
+        model = model_class(spec["kind"]).from_spec(spec)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DetlearnError(f"{spec_path}: not a valid '{spec['kind']}' spec ({err!r})") from None
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    except (safetensors.SafetensorError, OSError) as err:
+        raise DetlearnError(f"{weights}: not a readable safetensors file ({err})") from None
     if missing or unexpected:
         raise DetlearnError(
             f"{weights}: weights do not match {spec_path.name} "
