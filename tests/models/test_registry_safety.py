@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import ConditionalFlow
+from detlearn.models.gbdt import BoostedTrees
 from detlearn.models.registry import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 
 
@@ -77,3 +79,18 @@ def test_a_spec_missing_a_key_is_a_one_line_error(saved):
     (directory / SPEC_FILE).write_text(json.dumps(spec))
     with pytest.raises(DetlearnError, match=r"model\.json: not a valid 'conditional_flow' spec"):
         load_model(directory)
+
+
+def test_a_boosted_trees_model_that_changed_on_disk_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    trees = BoostedTrees.train(x, y, None, x, y, ["a", "b"], iterations=5)
+    trees.save(tmp_path)
+    np.testing.assert_array_equal(
+        BoostedTrees.load(tmp_path).predict_proba(x), trees.predict_proba(x)
+    )
+    text = (tmp_path / "model.txt").read_text()
+    (tmp_path / "model.txt").write_text(text.replace("leaf_value=", "leaf_value=1", 1))
+    with pytest.raises(DetlearnError, match=r"model\.txt: checksum .* \(the model changed"):
+        BoostedTrees.load(tmp_path)

@@ -24,7 +24,13 @@ from typing import Any
 import lightgbm
 import numpy as np
 
-from detlearn._files import atomic_path, atomic_write_bytes, atomic_write_json, read_json_object
+from detlearn._files import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_checksum,
+    read_json_object,
+)
 from detlearn.errors import DetlearnError
 
 __all__ = ["BoostedTrees"]
@@ -112,7 +118,10 @@ class BoostedTrees:
         directory.mkdir(parents=True, exist_ok=True)
         text = self.booster.model_to_string(num_iteration=self.booster.best_iteration or None)
         atomic_write_bytes(directory / MODEL_FILE, text.encode())
-        atomic_write_json(directory / SPEC_FILE, {"kind": self.kind, "features": self.features})
+        spec = {"kind": self.kind, "features": self.features}
+        atomic_write_json(
+            directory / SPEC_FILE, spec | {"model_checksum": file_checksum(directory / MODEL_FILE)}
+        )
         if getattr(self, "history", None):
             with atomic_path(directory / "history.csv") as tmp, tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss"])
@@ -122,12 +131,19 @@ class BoostedTrees:
 
     @classmethod
     def load(cls, directory: str | Path) -> BoostedTrees:
-        """Read a model written by :meth:`save` (plain text; nothing is unpickled)."""
+        """Read a model written by :meth:`save` (plain text; nothing is unpickled), refusing a
+        ``model.txt`` that changed since (its checksum in ``model.json``)."""
         directory = Path(directory)
         spec = read_json_object(directory / SPEC_FILE)
         if spec.get("kind") != cls.kind or not isinstance(spec.get("features"), list):
             raise DetlearnError(f"{directory / SPEC_FILE}: not a boosted-trees model spec")
         path = directory / MODEL_FILE
+        recorded = spec.get("model_checksum")
+        if recorded is not None and path.is_file() and file_checksum(path) != recorded:
+            raise DetlearnError(
+                f"{path}: checksum {file_checksum(path)} differs from {recorded} recorded in "
+                f"{SPEC_FILE} (the model changed since it was saved)"
+            )
         try:
             booster = lightgbm.Booster(model_str=path.read_text())
         except (OSError, UnicodeDecodeError, lightgbm.basic.LightGBMError) as err:
