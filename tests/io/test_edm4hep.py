@@ -122,8 +122,8 @@ def test_real_file_schema_from_full_path_keys(example_tree):
 def test_real_file_unknown_collection_lists_hit_collections(example_tree):
     with pytest.raises(
         DetlearnError,
-        match=r"edm4hep.root: no hit collection 'HcalBarrelHits' "
-        r"\(hit collections in this file: SimTrackerHitCollection\)",
+        match=r"edm4hep.root: no hit collection 'HcalBarrelHits' \(hit collections in this "
+        r"file: SimCalorimeterHitCollection, SimTrackerHitCollection\)",
     ):
         read_hits(example_tree, "HcalBarrelHits", 0, 3)
 
@@ -241,3 +241,178 @@ def test_collection_without_relation_is_named():
     ):
         detect_schema(keys, "C", particles="MCParticles")
     assert hit_collections(keys) == ["H"]
+
+
+# ddsim's calorimeter layout (SimCalorimeterHit + CaloHitContribution): the hits' relation to
+# their contributions and the contributions' relation to MCParticles, in both podio spellings.
+CALO_SCHEMAS = {
+    "podio>=0.17": ("_HcalBarrelHits_contributions", "_HcalBarrelHitsContributions_particle"),
+    "podio<0.17": ("HcalBarrelHits#0", "HcalBarrelHitsContributions#0"),
+}
+CONTRIBUTION_PARTICLE = [[0, 1, 2, 9], [], [0, -1], [2, 1, 0]]  # 9 and -1 point nowhere
+CONTRIBUTION_PDG = [[13, -22, -22, 11], [], [13, 11], [-22, -22, -13]]
+HIT_RANGES = [[(0, 2), (2, 4)], [(0, 0)], [(0, 2)], [(0, 1), (1, 4)]]  # begin, end per hit
+CONTRIBUTION_INDEX = [[3, 1, 0, 2], [], [1, 0], [2, 0, 7, 1]]  # 7 points nowhere
+
+
+def write_calorimeter(path: Path, schema: str, seed: int = 0) -> Path:
+    """A ddsim-like file of SimCalorimeterHits ``HcalBarrelHits`` with their contributions
+    ``HcalBarrelHitsContributions``, linked to ``MCParticles`` (the particles of ``PDG``)."""
+    to_contributions, to_particles = CALO_SCHEMAS[schema]
+    rng = np.random.default_rng(seed)
+
+    def jagged(counts: list[int], dtype: str, scale: float = 100.0) -> ak.Array:
+        return ak.unflatten(rng.uniform(0, scale, sum(counts)).astype(dtype), counts)
+
+    n_particles = [len(p) for p in PDG]
+    particles = {"PDG": ak.values_astype(ak.Array(PDG), "int32")}
+    particles |= {f"{vec}.{c}": jagged(n_particles, "float64") for vec in ("vertex", "momentum")
+                  for c in "xyz"}  # fmt: skip
+    n_hits = [len(r) for r in HIT_RANGES]
+    hits = {"cellID": ak.values_astype(jagged(n_hits, "float64", 1e6), "uint64")}
+    hits |= {"energy": jagged(n_hits, "float32", 1e-3)}
+    hits |= {f"position.{c}": jagged(n_hits, "float32") for c in "xyz"}
+    for k, name in enumerate(("contributions_begin", "contributions_end")):
+        hits[name] = ak.values_astype(ak.Array([[r[k] for r in ev] for ev in HIT_RANGES]), "uint32")
+    n_contributions = [len(c) for c in CONTRIBUTION_PDG]
+    contributions = {"PDG": ak.values_astype(ak.Array(CONTRIBUTION_PDG), "int32")}
+    for name, scale in (("energy", 1e-3), ("time", 50.0), ("stepLength", 1.0)):
+        contributions[name] = jagged(n_contributions, "float32", scale)
+    contributions |= {f"stepPosition.{c}": jagged(n_contributions, "float32") for c in "xyz"}
+
+    def relation(index: list[list[int]]) -> ak.Array:
+        index = ak.values_astype(ak.Array(index), "int32")
+        return ak.zip({"index": index, "collectionID": ak.values_astype(index * 0 + 7, "uint32")})
+
+    columns = {
+        "MCParticles": ak.zip(particles),
+        "HcalBarrelHits": ak.zip(hits),
+        to_contributions: relation(CONTRIBUTION_INDEX),
+        "HcalBarrelHitsContributions": ak.zip(contributions),
+        to_particles: relation(CONTRIBUTION_PARTICLE),
+    }
+    with uproot.recreate(path) as f:
+        f.mktree(
+            "events",
+            {k: ak.type(v).content for k, v in columns.items()},
+            field_name=lambda outer, inner: f"{outer}.{inner}",
+        )
+        f["events"].extend(columns)
+    return path
+
+
+def python_loop_contributions(tree: uproot.TTree, schema: str) -> dict[str, list]:
+    """The oracle: every hit's contributions and their particles, event by event."""
+    to_contributions, to_particles = CALO_SCHEMAS[schema]
+
+    def leaf(name: str) -> list:
+        return tree[name].array().tolist()
+
+    c = "HcalBarrelHitsContributions"
+    time, energy, x, pdg = (leaf(f"{c}.{f}") for f in ("time", "energy", "stepPosition.x", "PDG"))
+    cell, particle_pdg = leaf("HcalBarrelHits.cellID"), leaf("MCParticles.PDG")
+    index, link = leaf(f"{to_contributions}.index"), leaf(f"{to_particles}.index")
+    out: dict[str, list] = {k: [] for k in ("time", "eDep", "position_x", "PDG", "cellID", "p")}
+    begins, ends = (
+        leaf("HcalBarrelHits.contributions_begin"),
+        leaf("HcalBarrelHits.contributions_end"),
+    )
+    for e in range(len(index)):
+        rows = {k: [] for k in out}
+        for h, (b, stop) in enumerate(zip(begins[e], ends[e], strict=True)):
+            for r in range(b, stop):
+                k = index[e][r]
+                if not 0 <= k < len(time[e]) or not 0 <= link[e][k] < len(particle_pdg[e]):
+                    continue
+                values = (time[e][k], energy[e][k], x[e][k], pdg[e][k], cell[e][h],
+                          particle_pdg[e][link[e][k]])  # fmt: skip
+                for key, value in zip(rows, values, strict=True):
+                    rows[key].append(value)
+        for key in out:
+            out[key].append(rows[key])
+    return out
+
+
+@pytest.mark.parametrize("schema", CALO_SCHEMAS)
+def test_calorimeter_hits_yield_their_contributions_linked_to_particles(tmp_path, schema):
+    path = write_calorimeter(tmp_path / "calo.root", schema)
+    with uproot.open(path) as f:
+        tree = f["events"]
+        keys = tree.keys()
+        found = detect_schema(keys, "HcalBarrelHits")
+        assert (found.contribution_index, found.relation) == tuple(
+            f"{name}.index" for name in CALO_SCHEMAS[schema]
+        )
+        assert found.calorimeter and hit_collections(keys) == ["HcalBarrelHits"]
+        fields = ("time", "eDep", "position.x", "PDG", "cellID")
+        hits, n_unlinked = read_hits(tree, "HcalBarrelHits", 0, 4, fields, ("PDG",))
+        expected = python_loop_contributions(tree, schema)
+        # Unlinked: event 0's contribution 3 (particle 9), event 2's 1 (particle -1), event 3's
+        # relation entry 7.
+        assert n_unlinked == 3 and ak.num(hits).tolist() == [3, 0, 1, 3]
+        for field in ("time", "eDep", "position_x", "PDG", "cellID"):
+            assert hits[field].tolist() == expected[field], field
+        assert hits["particle_PDG"].tolist() == expected["p"]
+        # In hit order: event 0's hit 0 holds contributions 3 (unlinked) and 1, hit 1 holds 0, 2.
+        assert hits["PDG"].tolist()[0] == [-22, 13, -22]
+        # An entry range reads only its events.
+        part, unlinked = read_hits(tree, "HcalBarrelHits", 2, 4, ("PDG",), ("PDG",))
+        assert part["PDG"].tolist() == [[13], [-13, -22, -22]] and unlinked == 2
+
+
+def test_calorimeter_layout_errors_name_what_is_missing(tmp_path):
+    hits = ["C.position.x", "C.contributions_begin", "C.contributions_end", "C.energy"]
+    mc = ["MCParticles.PDG", "MCParticles.momentum.x", "MCParticles.vertex.x"]
+    with pytest.raises(
+        DetlearnError,
+        match=r"^f.root: calorimeter collection 'C' has no relation to its "
+        r"contributions \(_C_contributions.index\)$",
+    ):
+        detect_schema([*hits, *mc], "C", where="f.root")
+    relation = ["_C_contributions.index"]
+
+    def contribution(name: str) -> list[str]:
+        return [f"{name}.{m}" for m in ("PDG", "energy", "time", "stepPosition.x")]
+
+    with pytest.raises(
+        DetlearnError,
+        match=r"no contribution collection 'CContributions' for calorimeter collection 'C' "
+        r"\(contribution collections in this file: A, B\)",
+    ):
+        detect_schema([*hits, *mc, *relation, *contribution("A"), *contribution("B")], "C")
+    contributions = contribution("CContributions")
+    with pytest.raises(DetlearnError, match=r"'CContributions' has no particle relation"):
+        detect_schema([*hits, *mc, *relation, *contributions], "C")
+    path = write_calorimeter(tmp_path / "calo.root", "podio>=0.17")
+    with (
+        uproot.open(path) as f,
+        pytest.raises(
+            DetlearnError,
+            match=r"no leaf 'HcalBarrelHitsContributions.pathLength' in collection "
+            r"'HcalBarrelHitsContributions' \(its fields: PDG, energy, stepLength",
+        ),
+    ):
+        read_hits(f["events"], "HcalBarrelHits", 0, 4, ("pathLength",))
+
+
+def test_real_file_links_simcalorimeterhit_contributions_to_mcparticlecollection(example_tree):
+    # EDM4hep's own writer: contributions in CaloHitContributionCollection (not ddsim's
+    # <hits>Contributions), the hit's relation _SimCalorimeterHitCollection_contributions.
+    schema = detect_schema(example_tree.keys(), "SimCalorimeterHitCollection")
+    assert (schema.contributions, schema.contribution_index, schema.relation) == (
+        "CaloHitContributionCollection",
+        "_SimCalorimeterHitCollection_contributions.index",
+        "_CaloHitContributionCollection_particle.index",
+    )
+    fields = ("time", "eDep", "PDG", "cellID")
+    hits, n_unlinked = read_hits(
+        example_tree, "SimCalorimeterHitCollection", 0, 3, fields, ("PDG",)
+    )
+    assert n_unlinked == 0 and ak.num(hits).tolist() == [1, 1, 1]
+    c = "CaloHitContributionCollection"
+    assert hits["PDG"].tolist() == example_tree[f"{c}.PDG"].array().tolist()
+    assert hits["eDep"].tolist() == example_tree[f"{c}.energy"].array().tolist()
+    particle = python_loop_link(example_tree, "MCParticleCollection", f"_{c}_particle.index", "PDG")
+    assert hits["particle_PDG"].tolist() == particle
+    cells = example_tree["SimCalorimeterHitCollection.cellID"].array().tolist()
+    assert hits["cellID"].tolist() == cells
