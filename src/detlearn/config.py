@@ -18,7 +18,7 @@ import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -252,13 +252,21 @@ class ExecutorConfig(_Strict):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="SLURM settings")
 
 
+#: The widest layer (units or channels) a model may have, and the most hidden layers: a typo or
+#: a crafted ``model.json`` (``hidden: [1e6, 1e6]``) must not build a model of 10^12 weights.
+MAX_WIDTH = 8192
+MAX_LAYERS = 16
+#: Hidden-layer sizes, each in 1..MAX_WIDTH, at most MAX_LAYERS of them.
+Widths = Annotated[list[Annotated[int, Field(gt=0, le=MAX_WIDTH)]], Field(max_length=MAX_LAYERS)]
+
+
 class FlowConfig(_Strict):
     """A conditional normalizing flow (zuko)."""
 
     kind: Literal["nsf", "maf", "realnvp"] = Field("nsf", description="nsf | maf | realnvp")
-    transforms: int = Field(3, gt=0, description="number of flow transforms")
-    bins: int = Field(16, gt=1, description="spline bins (nsf)")
-    hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden layer sizes")
+    transforms: int = Field(3, gt=0, le=64, description="number of flow transforms")
+    bins: int = Field(16, gt=1, le=1024, description="spline bins (nsf)")
+    hidden: Widths = Field(default_factory=lambda: [128, 128], description="hidden layer sizes")
     passes: int | None = Field(
         None, description="autoregressive passes: null fully autoregressive, 2 coupling"
     )
@@ -301,7 +309,7 @@ class RegressorConfig(_Strict):
         "model4exp",
         description="model4exp: FACILE's BN-Dense36-BN-Dense11-BN-Dense3-Dense1; mlp: `hidden`",
     )
-    hidden: list[int] = Field(
+    hidden: Widths = Field(
         default_factory=lambda: [64, 32], description="hidden layer sizes (arch mlp)"
     )
     batch_norm: bool = Field(True, description="BatchNorm before every hidden layer (arch mlp)")
@@ -360,17 +368,19 @@ class ClassifierConfig(_Strict):
     )
     mass_column: str = Field("mass", description="column of the signal mass [MeV]")
     image: ImageConfig = Field(default_factory=ImageConfig, description="hit images (cnn)")
-    conv_channels: list[int] = Field(
+    conv_channels: Widths = Field(
         default_factory=lambda: [32, 64], description="channels of each conv + max-pool block"
     )
-    kernel: int = Field(5, gt=0, description="convolution kernel size (odd: 'same' padding)")
-    dense: list[int] = Field(
+    kernel: int = Field(5, gt=0, le=31, description="convolution kernel size (odd: 'same' padding)")
+    dense: Widths = Field(
         default_factory=lambda: [500], description="hidden sizes of the dense head"
     )
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the dense head")
-    max_hits: int = Field(64, gt=0, description="point_cloud: the hardest hits kept per event")
-    neighbours: int = Field(8, gt=0, description="point_cloud: k nearest hits of each hit")
-    edge_channels: list[int] = Field(
+    max_hits: int = Field(
+        64, gt=0, le=4096, description="point_cloud: the hardest hits kept per event"
+    )
+    neighbours: int = Field(8, gt=0, le=256, description="point_cloud: k nearest hits of each hit")
+    edge_channels: Widths = Field(
         default_factory=lambda: [32, 64], description="point_cloud: EdgeConv block widths"
     )
     bdt_max_iter: int = Field(300, gt=0, description="bdt: boosting iterations")
@@ -393,7 +403,7 @@ class ModelConfig(_Strict):
         "none", description="also learn a per-group count N | context (negative binomial)"
     )
     count_column: str = Field("n_photons", description="column holding each group's count N")
-    count_hidden: list[int] = Field(
+    count_hidden: Widths = Field(
         default_factory=lambda: [64, 64], description="hidden layer sizes of the count model"
     )
     count_max_epochs: int = Field(

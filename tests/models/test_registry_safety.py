@@ -94,3 +94,20 @@ def test_a_boosted_trees_model_that_changed_on_disk_is_refused(tmp_path):
     (tmp_path / "model.txt").write_text(text.replace("leaf_value=", "leaf_value=1", 1))
     with pytest.raises(DetlearnError, match=r"model\.txt: checksum .* \(the model changed"):
         BoostedTrees.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("features", 10**9, r"'features' = 1000000000 is outside 0\.\.100000"),
+        ("flow", {"transforms": 10**7}, r"model\.json: not a valid 'conditional_flow' spec"),
+        ("flow", {"hidden": [10**6, 10**6]}, r"not a valid 'conditional_flow' spec"),
+    ],
+)
+def test_a_crafted_spec_cannot_make_loading_take_the_machine(saved, key, value, message):
+    directory, _ = saved
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    spec[key] = spec[key] | value if isinstance(value, dict) else value
+    (directory / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(DetlearnError, match=message):
+        load_model(directory)

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -74,6 +75,24 @@ def save_model(model: torch.nn.Module, directory: str | Path) -> Path:
     return weights
 
 
+#: The largest size (features, context columns, channels, image side) a spec may give.
+_MAX_SIZE = 100_000
+
+
+def _check_sizes(spec: dict[str, Any], spec_path: Path) -> None:
+    """Refuse a spec whose top-level sizes no model detlearn builds has (a crafted file must
+    not make loading it take the machine's memory or hours); nested settings are validated by
+    their config models (``detlearn.config``: widths, layers, transforms, bins)."""
+    for key, value in spec.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= _MAX_SIZE:
+                raise DetlearnError(
+                    f"{spec_path}: '{key}' = {v} is outside 0..{_MAX_SIZE} (no detlearn model "
+                    "is that large; the file was not written by detlearn)"
+                )
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model saved by :func:`save_model` in ``directory``, in eval mode."""
     directory = Path(directory)
@@ -90,6 +109,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tor
             f"{weights}: checksum {file_checksum(weights)} differs from {recorded} recorded in "
             f"{spec_path.name} (the weights changed since they were saved)"
         )
+    _check_sizes(spec, spec_path)
     try:
         model = model_class(spec["kind"]).from_spec(spec)
     except (KeyError, TypeError, ValueError) as err:
