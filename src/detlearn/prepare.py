@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 import importlib
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from detlearn import __version__
 from detlearn._files import atomic_write_json
 from detlearn._progress import progress as show_progress
 from detlearn.config import DataConfig, RunConfig, data_hash
-from detlearn.errors import DetlearnError
+from detlearn.errors import DetlearnError, DetlearnWarning
 from detlearn.io.dataset import MANIFEST, column_dtype, read_shard_record, write_shard
 from detlearn.io.expressions import ColumnSet
 from detlearn.io.provenance import read_provenance
@@ -268,6 +269,7 @@ def process_item(
         "extracted_rows": extracted,
         "weight": _weight_record(values, data),
         "dtypes": {k: column_dtype(v) for k, v in values.items()},
+        "tallies": {name: asdict(tally) for name, tally in chunk.tallies.items()},
     }
     atomic_write_json(shard.with_suffix(".done.json"), record)
     return record
@@ -299,7 +301,10 @@ def prepare(
     Work items run on ``cfg.executor``; complete shards from an earlier run are reused unless
     ``force``. With ``data.on_error: stop`` (default) the first bad input raises a
     :class:`DetlearnError` and no manifest is written; with ``skip`` bad files are listed under
-    ``failed`` in the manifest and the rest completes.
+    ``failed`` in the manifest and the rest completes. Conditions the extractor counted
+    (:class:`~detlearn.io.sources.Tally`, e.g. klm-timing's photons arriving too early) are
+    summed over the dataset and, past their threshold, each warned once (a
+    :class:`DetlearnWarning`) after the manifest is written.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -405,6 +410,8 @@ def prepare(
         "provenance": {path: read_provenance(path) for path in _sources(shards)},
     }
     atomic_write_json(out / MANIFEST, manifest)
+    for message in _tally_warnings(shards):
+        warnings.warn(message, DetlearnWarning, stacklevel=2)
     nonfinite: dict[str, int] = {}
     for s in shards:
         for name, count in s.get("nonfinite_dropped", {}).items():
@@ -435,6 +442,36 @@ def _weight_totals(shards: list[dict[str, Any]], data: DataConfig) -> dict[str, 
         return None
     totals = {key: sum(r[key] for r in records) for key in ("sum", "zero", "negative")}
     return {"column": name, **totals}
+
+
+def _tally_warnings(shards: list[dict[str, Any]]) -> list[str]:
+    """One message per extractor tally (:class:`~detlearn.io.sources.Tally`) whose fraction,
+    summed over the shards, passes its threshold; ``files`` names the files that pass it."""
+    sums: dict[str, dict[str, Any]] = {}
+    for s in shards:
+        for name, tally in s.get("tallies", {}).items():
+            total = sums.setdefault(name, {**tally, "count": 0, "total": 0, "files": {}})
+            total["count"] += tally["count"]
+            total["total"] += tally["total"]
+            per_file = total["files"].setdefault(s["source"]["path"], [0, 0])
+            per_file[0] += tally["count"]
+            per_file[1] += tally["total"]
+    messages = []
+    for tally in sums.values():
+        if not tally["total"] or tally["count"] <= tally["threshold"] * tally["total"]:
+            continue
+        files = [f for f, (c, t) in tally["files"].items() if c > tally["threshold"] * t]
+        others = len(files) - 1
+        more = f" and {others} more file{'s' if others > 1 else ''}" if others else ""
+        messages.append(
+            tally["message"].format(
+                fraction=tally["count"] / tally["total"],
+                count=tally["count"],
+                total=tally["total"],
+                files=f"{files[0]}{more}",
+            )
+        )
+    return messages
 
 
 def _sources(shards: list[dict[str, Any]]) -> list[str]:

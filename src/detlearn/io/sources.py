@@ -29,6 +29,7 @@ from detlearn.errors import DetlearnError
 __all__ = [
     "Chunk",
     "Source",
+    "Tally",
     "WorkItem",
     "closest",
     "expand_inputs",
@@ -251,12 +252,30 @@ def plan_work_items(sources: Sequence[Source], step_size: int) -> list[WorkItem]
     ]
 
 
+@dataclass(frozen=True)
+class Tally:
+    """A condition an extractor counted in one work item, for ``prepare`` to report once for the
+    whole dataset: ``count`` of ``total`` (rows, hits, ...) meet it. Where the summed fraction
+    passes ``threshold``, prepare warns once with ``message`` formatted with ``fraction``,
+    ``count``, ``total`` and ``files`` (the files whose own fraction passes it)."""
+
+    count: int
+    total: int
+    threshold: float
+    message: str
+
+
 class Chunk:
-    """A work item opened for reading: only the branches asked for, only its entry range."""
+    """A work item opened for reading: only the branches asked for, only its entry range.
+
+    An extractor may leave :class:`Tally` records in ``tallies`` (name -> tally); prepare keeps
+    them with the shard.
+    """
 
     def __init__(self, item: WorkItem) -> None:
         self.item = item
         self._tree: uproot.TTree | None = None
+        self.tallies: dict[str, Tally] = {}
 
     @property
     def tree(self) -> uproot.TTree:

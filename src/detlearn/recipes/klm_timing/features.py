@@ -17,6 +17,20 @@ so photon counts N = 0 are not lost; placeholder rows have ``dt`` = 0 and weight
 A collection with no optical photon at all (a file simulated without optical physics, or
 another collection) is an error naming the PDG codes its hits have, not a dataset of
 placeholder rows.
+
+Causality: no photon can reach the sensor before t_made + d n_g / c, d the distance from where
+it was made (its MCParticle's vertex and time) to where it was detected (the hit's position).
+In Geant4 11.4 a photon reflected at a boundary takes the group velocity of the volume across
+it, c where that volume has no GROUPVEL: in a wrapped bar photons then run at ~c after their
+first bounce, and a surrogate would learn arrival times earlier than physics allows. Photons
+arriving more than 5 σ (``jitter``) before that bound are counted; above 0.1 % of the photons,
+``prepare`` warns once for the dataset (or, with ``causality: error``, stops with
+:class:`AcausalPhotonsError` naming the file).
+
+``data.options``: ``collection`` (default ``HcalBarrelHits``), ``particles``
+(``MCParticles``), ``reference_x`` (1775.3 mm), ``causality`` (``warn``, ``error`` or
+``off``), ``group_index`` (n_g of the scintillator, 1.61) and ``jitter`` (the time resolution
+σ in the files' hit times, 0.1 ns).
 """
 
 from __future__ import annotations
@@ -29,12 +43,44 @@ import numpy as np
 from detlearn.config import DataConfig
 from detlearn.errors import DetlearnError
 from detlearn.io.edm4hep import read_hits, read_particles
-from detlearn.io.sources import Chunk
+from detlearn.io.sources import Chunk, Tally
 
-__all__ = ["C_MM_PER_NS", "OPTICAL_PHOTON_PDG", "extract", "primary_context"]
+__all__ = [
+    "C_MM_PER_NS",
+    "OPTICAL_PHOTON_PDG",
+    "OPTIONS",
+    "AcausalPhotonsError",
+    "acausal",
+    "extract",
+    "primary_context",
+]
 
 C_MM_PER_NS = 299.792458
 OPTICAL_PHOTON_PDG = -22
+#: ``data.options`` of the extractor and their defaults (module docstring).
+OPTIONS: dict[str, Any] = {
+    "collection": "HcalBarrelHits",
+    "particles": "MCParticles",
+    "reference_x": 1775.3,
+    "causality": "warn",
+    "group_index": 1.61,
+    "jitter": 0.1,
+}
+# A photon counts as too early beyond this many jitter σ before the bound; the check reports
+# more than this fraction of such photons.
+_JITTER_SIGMAS = 5.0
+_ACAUSAL_FRACTION = 1e-3
+_ACAUSAL = (
+    "{files}: {fraction:.1%} of optical photons ({count:,} of {total:,}) reach the sensor "
+    "before light could from where they were made (distance × n_g / c, less 5 σ of jitter): "
+    "likely Geant4 giving a photon reflected at a boundary the speed of the volume across it "
+    "(c where it has no GROUPVEL); give every volume touching the scintillator the bar's "
+    "GROUPVEL, or time photons by their track length"
+)
+
+
+class AcausalPhotonsError(DetlearnError):
+    """Optical photons arrive before light could reach the sensor (``causality: error``)."""
 
 
 def primary_context(
@@ -85,17 +131,64 @@ def _no_photons(hits: ak.Array, collection: str, where: str) -> str:
     )
 
 
-def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
-    """Photon rows of one work item (see the module docstring for the columns)."""
-    opts: dict[str, Any] = {
-        "collection": "HcalBarrelHits",
-        "particles": "MCParticles",
-        "reference_x": 1775.3,
-        **data.options,
-    }
-    unknown = set(opts) - {"collection", "particles", "reference_x"}
+def acausal(photons: ak.Array, group_index: float, jitter: float) -> np.ndarray:
+    """Per photon hit (flattened): it reaches the sensor more than 5 ``jitter`` σ [ns] before
+    t_made + d n_g / c, d [mm] from its MCParticle's vertex to the hit's position.
+
+    Args:
+        photons: hits with ``time``, ``position_{x,y,z}`` and their photon's ``particle_time``
+            and ``particle_vertex_{x,y,z}`` (as :func:`~detlearn.io.edm4hep.read_hits` gives).
+
+    Example:
+        >>> hits = ak.Array([[{"time": t, "position_x": 0.0, "position_y": 0.0,
+        ...     "position_z": 750.0, "particle_time": 1.0, "particle_vertex_x": 0.0,
+        ...     "particle_vertex_y": 0.0, "particle_vertex_z": 0.0} for t in (2.0, 5.1)]])
+        >>> acausal(hits, 1.61, 0.1).tolist()   # 750 mm at c/1.61 take 4.03 ns
+        [True, False]
+    """
+
+    def flat(name: str) -> np.ndarray:
+        return ak.to_numpy(ak.flatten(photons[name])).astype(np.float64)
+
+    offset = np.stack([flat(f"position_{c}") - flat(f"particle_vertex_{c}") for c in "xyz"])
+    distance = np.sqrt((offset**2).sum(axis=0))
+    earliest = flat("particle_time") + distance * group_index / C_MM_PER_NS
+    return flat("time") < earliest - _JITTER_SIGMAS * jitter
+
+
+def _options(data: DataConfig) -> dict[str, Any]:
+    """``data.options`` over :data:`OPTIONS`, checked."""
+    opts = {**OPTIONS, **data.options}
+    unknown = set(opts) - set(OPTIONS)
     if unknown:
         raise DetlearnError(f"data.options: unknown key '{sorted(unknown)[0]}' for klm-timing")
+    if opts["causality"] not in ("warn", "error", "off"):
+        raise DetlearnError(
+            f"data.options.causality: '{opts['causality']}' is not one of warn, error, off"
+        )
+    return opts
+
+
+def _check_causality(photons: ak.Array, opts: dict[str, Any], chunk: Chunk) -> None:
+    """Count the photons that arrive too early: an error (``causality: error``) or a tally
+    prepare reports once for the dataset."""
+    early = acausal(photons, float(opts["group_index"]), float(opts["jitter"]))
+    count, total = int(early.sum()), len(early)
+    if opts["causality"] == "error" and count > _ACAUSAL_FRACTION * total:
+        raise AcausalPhotonsError(
+            _ACAUSAL.format(files=chunk.path, fraction=count / total, count=count, total=total)
+        )
+    chunk.tallies["acausal_photons"] = Tally(
+        count,
+        total,
+        _ACAUSAL_FRACTION,
+        _ACAUSAL + " (data.options.causality: error stops prepare here, off skips the check)",
+    )
+
+
+def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
+    """Photon rows of one work item (see the module docstring for the columns)."""
+    opts = _options(data)
     start, stop = chunk.item.entry_start, chunk.item.entry_stop
     fields = ("PDG", "mass", "time", "vertex.x", "vertex.y", "vertex.z")
     fields += ("momentum.x", "momentum.y", "momentum.z")
@@ -115,13 +208,14 @@ def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     momentum = np.stack([col("momentum_x"), col("momentum_y"), col("momentum_z")], axis=1)
     ctx = primary_context(vertex, momentum, col("mass"), col("time"), float(opts["reference_x"]))
 
+    check = opts["causality"] != "off"
     hits, _ = read_hits(
         chunk.tree,
         opts["collection"],
         start,
         stop,
-        hit_fields=("time", "eDep"),
-        particle_fields=("PDG",),
+        hit_fields=("time", "eDep") + (("position.x", "position.y", "position.z") if check else ()),
+        particle_fields=("PDG",) + (("time", "vertex.x", "vertex.y", "vertex.z") if check else ()),
         particles=opts["particles"],
         where=chunk.path,
     )
@@ -130,6 +224,8 @@ def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     n_photons = ak.to_numpy(ak.num(photon_times)).astype(np.int64)
     if not n_photons.any() and (start == 0 or len(n_photons) >= _MIN_EVENTS_WITHOUT_PHOTONS):
         raise DetlearnError(_no_photons(hits, opts["collection"], chunk.where))
+    if check:
+        _check_causality(hits[is_photon], opts, chunk)
     edep = ak.to_numpy(ak.sum(hits["eDep"][~is_photon], axis=1)).astype(np.float64)
 
     # One row per photon, plus one placeholder row for an event without photons.
