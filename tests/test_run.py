@@ -305,3 +305,12 @@ def test_balance_must_name_a_context_column(trained):
     cfg = validate_config({**config, "training": {**config["training"], "balance": ["t"]}})
     with pytest.raises(DetlearnError, match=r"training.balance: 't' is not a context column"):
         train(cfg, trained / "ds", trained / "run_balance", progress=False)
+
+
+@pytest.mark.parametrize(("n", "message"), [(10**12, "GB of memory"), (0, "must be >= 1")])
+def test_sample_refuses_more_than_memory_holds_up_front(trained, tmp_path, runner, n, message):
+    out = tmp_path / "s.parquet"
+    args = ["sample", str(trained / "run"), "-c", "c=0.5", "-n", str(n), "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()

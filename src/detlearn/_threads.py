@@ -33,7 +33,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["THREAD_VARIABLES", "apply", "usable_cpus"]
+__all__ = ["THREAD_VARIABLES", "apply", "usable_cpus", "usable_memory"]
 
 #: The thread-count variables :func:`apply` fills in when unset.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -67,6 +67,28 @@ def usable_cpus(cgroup: Path = _CGROUP) -> int:
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)
+
+
+def usable_memory(cgroup: Path = _CGROUP) -> int:
+    """The memory this process may still take [bytes]: the kernel's ``MemAvailable``, bounded
+    by a cgroup v2 limit less its current use (SLURM and containers set one)."""
+    available = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available <= 0:
+        available = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def apply() -> None:

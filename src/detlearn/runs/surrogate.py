@@ -27,6 +27,7 @@ import torch
 from scipy.spatial import Delaunay, QhullError
 
 from detlearn._files import atomic_write_bytes
+from detlearn._threads import usable_memory
 from detlearn.config import RunConfig
 from detlearn.data.selection import grid_labels, training_splits
 from detlearn.data.tensors import first_rows_per_group, flow_tensors
@@ -263,10 +264,25 @@ class Surrogate:
         """``n`` samples per context row: [B, n, F] in physical units.
 
         The conditioner runs once per context row, the cheap inverse once per sample.
+
+        Raises:
+            DetlearnError: ``n`` < 1, or more samples than the memory available holds.
         """
         c = self._tensor(self.context_array(context))
+        self._check_size(len(c), n, 2 * 4 * len(self.target_names))
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         return self.flow.sample(c, n, generator=gen).numpy()
+
+    def _check_size(self, rows: int, n: int, bytes_per_sample: int) -> None:
+        """Refuse ``n`` samples per row of ``rows`` up front when they cannot fit in memory."""
+        if n < 1:
+            raise DetlearnError(f"samples per context must be >= 1 (got {n})")
+        need, available = rows * n * bytes_per_sample, usable_memory()
+        if need > available:
+            raise DetlearnError(
+                f"{rows:,} contexts x {n:,} samples need ~{need / 1e9:.3g} GB of memory, "
+                f"{available / 1e9:.3g} GB available: ask for fewer samples (-n)"
+            )
 
     @torch.no_grad()
     def log_prob(self, x: np.ndarray, context: Mapping[str, Any] | np.ndarray) -> np.ndarray:
@@ -326,6 +342,9 @@ def write_samples(
 ) -> Path:
     """Sample ``n`` rows per context and write context + target columns to parquet, atomically."""
     c = surrogate.context_array(context)
+    columns = len(surrogate.context_names) + len(surrogate.target_names)
+    # The samples (float32 noise and output), then every column as float64, then parquet.
+    surrogate._check_size(len(c), n, 8 * len(surrogate.target_names) + 2 * 8 * columns)
     with warnings.catch_warnings():
         # context_array above has already warned about these contexts once.
         warnings.simplefilter("ignore", ContextRangeWarning)
