@@ -61,3 +61,21 @@ def test_a_cgroup_v1_quota_bounds_the_threads(tmp_path):
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert usable_cpus(tmp_path) == 1
+
+
+def test_the_simulators_default_to_one_thread_per_usable_cpu():
+    probe = (
+        "from detlearn.recipes.ecal_veto.simulate import EcalSimConfig; "
+        "from detlearn.recipes.hcal_energy import HcalSimConfig; "
+        "print(EcalSimConfig().threads, HcalSimConfig().threads)"
+    )
+    one = {min(os.sched_getaffinity(0))}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, one),
+        timeout=120,
+    )
+    assert out.stdout.split() == ["1", "1"]

@@ -97,6 +97,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from detlearn._blocks import map_threads
 from detlearn._files import atomic_path
 from detlearn._progress import track
+from detlearn._threads import usable_cpus
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
 from detlearn.io.provenance import simulator_provenance, write_provenance
@@ -167,7 +168,11 @@ class EcalSimConfig(_Strict):
     compression: Literal["lz4", "zstd", "zlib", "none"] = Field(
         "lz4", description="ROOT basket compression (level 1)"
     )
-    threads: int = Field(2, gt=0, description="threads generating blocks (results do not depend)")
+    threads: int = Field(
+        default_factory=usable_cpus,
+        gt=0,
+        description="threads generating blocks (default: the usable CPUs; results do not depend)",
+    )
     # Beam and trigger
     beam_energy: float = Field(4000.0, gt=0, description="beam electron energy E₀ [MeV]")
     trigger_energy: float = Field(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detlearn._threads import usable_cpus
 from detlearn.config import validate_options
 
 __all__ = [
@@ -52,7 +53,10 @@ class HcalSimConfig(_Strict):
     )
     compression_level: int = Field(1, ge=1, le=9, description="compression level (1: fastest)")
     threads: int = Field(
-        2, gt=0, description="threads generating and fitting channels (results do not depend)"
+        default_factory=usable_cpus,
+        gt=0,
+        description="threads generating and fitting channels (default: the usable CPUs; "
+        "results do not depend)",
     )
     # Energy spectrum
     energy_min: float = Field(0.2, gt=0, description="lower end of the log-uniform genE [GeV]")
