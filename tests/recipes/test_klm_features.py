@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import pytest
+import uproot
 import yaml
 
 from detlearn.cli import app
@@ -137,3 +140,112 @@ def test_a_recipe_column_removed_with_null_is_left_out_though_the_extractor_give
     prepare(load_config(config), tmp_path / "ds", progress=False)
     columns = Dataset.open(tmp_path / "ds").columns
     assert "edep" not in columns and {"dt", "photon", "event"} <= set(columns)
+
+
+# ddsim's calorimeter layout, both podio spellings: the hits' relation to their contributions,
+# and the contributions' relation to MCParticles.
+CALORIMETER = {
+    "podio>=0.17": ("_HcalBarrelHits_contributions", "_HcalBarrelHitsContributions_particle"),
+    "podio<0.17": ("HcalBarrelHits#0", "HcalBarrelHitsContributions#0"),
+}
+
+
+def _as_calorimeter(src: Path, dst: Path, schema: str) -> Path:
+    """The events of a tracker-layout file (``write_edm4hep``) as ddsim writes a calorimeter:
+    each deposit a CaloHitContribution with its own PDG, energy, time and step position, in
+    SimCalorimeterHits ``HcalBarrelHits`` (per event one holding the photons, listed from the
+    relation in reverse, then one holding the muon's deposit), linked to the only MCParticle
+    ddsim kept, the primary (optical photons are not kept)."""
+    to_contributions, to_particles = CALORIMETER[schema]
+    with uproot.open(src) as f:
+        tree = f["events"]
+        particles = {
+            k.removeprefix("MCParticles."): tree[k].array()[:, :1]
+            for k in tree.keys()
+            if k.startswith("MCParticles.")
+        }
+        pdg = tree["MCParticles.PDG"].array()[tree["_HcalBarrelHits_particle.index"].array()]
+        hit = {name: tree[f"HcalBarrelHits.{name}"].array() for name in
+               ("eDep", "time", "position.x", "position.y", "position.z", "cellID")}  # fmt: skip
+    n = ak.to_numpy(ak.num(pdg))
+    # Contribution 0 is the muon's deposit, 1.. its photons.
+    index = [[*range(k - 1, 0, -1), 0] for k in n]
+    begin = [[0, k - 1] if k > 1 else [0] for k in n]
+    end = [[k - 1, k] if k > 1 else [1] for k in n]
+
+    def jagged(rows: list, dtype: str) -> ak.Array:
+        return ak.values_astype(ak.Array(rows), dtype)
+
+    def relation(rows: list) -> ak.Array:
+        index = jagged(rows, "int32")
+        return ak.zip({"index": index, "collectionID": ak.values_astype(index * 0 + 3, "uint32")})
+
+    cell = [[c[0]] * len(b) for c, b in zip(hit["cellID"].tolist(), begin, strict=True)]
+    columns = {
+        "MCParticles": ak.zip(particles),
+        "HcalBarrelHits": ak.zip(
+            {
+                "cellID": jagged(cell, "uint64"),
+                "energy": jagged([[0.0] * len(b) for b in begin], "float32"),
+                **{
+                    f"position.{c}": jagged([[0.0] * len(b) for b in begin], "float32")
+                    for c in "xyz"
+                },
+                "contributions_begin": jagged(begin, "uint32"),
+                "contributions_end": jagged(end, "uint32"),
+            }
+        ),
+        to_contributions: relation(index),
+        "HcalBarrelHitsContributions": ak.zip(
+            {
+                "PDG": ak.values_astype(pdg, "int32"),
+                "energy": hit["eDep"],
+                "time": hit["time"],
+                "stepLength": ak.values_astype(hit["time"] * 0, "float32"),
+                **{
+                    f"stepPosition.{c}": ak.values_astype(hit[f"position.{c}"], "float32")
+                    for c in "xyz"
+                },
+            }
+        ),
+        to_particles: relation([[0] * k for k in n]),
+    }
+    with uproot.recreate(dst) as f:
+        f.mktree("events", {k: ak.type(v).content for k, v in columns.items()},
+                 field_name=lambda outer, inner: f"{outer}.{inner}")  # fmt: skip
+        f["events"].extend(columns)
+    return dst
+
+
+@pytest.mark.parametrize("schema", CALORIMETER)
+def test_calorimeter_layout_gives_the_rows_of_the_tracker_layout(tmp_path, schema):
+    cfg = KLMSimConfig(gun_z_max=740.0)
+    events = simulate_events(40, cfg, np.random.default_rng(5))
+    write_edm4hep(events, tmp_path / "tracker.root", cfg)
+    _as_calorimeter(tmp_path / "tracker.root", tmp_path / "calo.root", schema)
+    names = ["event", "z", "theta", "p", "dt", "photon", "n_photons", "edep"]
+    rows = {}
+    for layout in ("tracker", "calo"):
+        config = _config(tmp_path, [str(tmp_path / f"{layout}.root")])
+        prepare(load_config(config), tmp_path / layout, progress=False)
+        data = Dataset.open(tmp_path / layout).load(names)
+        order = np.lexsort((data["dt"], data["event"]))
+        rows[layout] = {k: v[order] for k, v in data.items()}
+    assert rows["calo"]["photon"].sum() == events.n_photons.sum() > 0
+    for name in names:
+        np.testing.assert_allclose(rows["calo"][name], rows["tracker"][name], rtol=1e-6)
+
+
+def test_calorimeter_layout_without_optical_photons_names_the_contributions_pdg(tmp_path, runner):
+    cfg = KLMSimConfig(photodetection_efficiency=1e-9)
+    write_edm4hep(simulate_events(30, cfg, np.random.default_rng(0)), tmp_path / "t.root", cfg)
+    _as_calorimeter(tmp_path / "t.root", tmp_path / "calo.root", "podio>=0.17")
+    config = _config(tmp_path, [str(tmp_path / "calo.root")])
+    result = runner.invoke(app, ["prepare", str(config), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert re.search(
+        r"collection 'HcalBarrelHits' holds no optical-photon hit \(contribution PDG -22\) in "
+        r"30 events; found PDG -?13: 30 hits",
+        text,
+    ), text

@@ -18,6 +18,16 @@ A collection with no optical photon at all (a file simulated without optical phy
 another collection) is an error naming the PDG codes its hits have, not a dataset of
 placeholder rows.
 
+The hit collection may be a tracker's (SimTrackerHit: one hit per photon reaching the sensor,
+linked to the photon's MCParticle) or, as ddsim writes a calorimeter's sensitive detector, a
+calorimeter's (SimCalorimeterHit, EPIC's ``HcalBarrelHits`` with
+``HcalBarrelHitsContributions``; :mod:`detlearn.io.edm4hep` tells them apart). There every
+CaloHitContribution is one deposit with its own time: a contribution whose own PDG is -22 is
+one optical photon detected at that time (its ``dt`` row), the others (the muon's deposit) add
+to ``edep``. The contribution's PDG decides, not its MCParticle's: ddsim links a contribution
+of a particle it did not keep, such as an optical photon, to its nearest kept ancestor, the
+muon, so neither the photon's vertex nor its time are known and the causality check is skipped.
+
 Causality: no photon can reach the sensor before t_made + d n_g / c, d the distance from where
 it was made (its MCParticle's vertex and time) to where it was detected (the hit's position).
 In Geant4 11.4 a photon reflected at a boundary takes the group velocity of the volume across
@@ -42,7 +52,7 @@ import numpy as np
 
 from detlearn.config import DataConfig
 from detlearn.errors import DetlearnError
-from detlearn.io.edm4hep import read_hits, read_particles
+from detlearn.io.edm4hep import detect_schema, read_hits, read_particles
 from detlearn.io.sources import Chunk, Tally
 
 __all__ = [
@@ -118,15 +128,16 @@ def primary_context(
 _MIN_EVENTS_WITHOUT_PHOTONS = 10
 
 
-def _no_photons(hits: ak.Array, collection: str, where: str) -> str:
-    """The error for a chunk whose hits include no optical photon: what the hits are."""
-    pdg, count = np.unique(ak.to_numpy(ak.flatten(hits["particle_PDG"])), return_counts=True)
+def _no_photons(pdg: ak.Array, which: str, collection: str, where: str) -> str:
+    """The error for a chunk whose hits include no optical photon: what the hits are (``pdg``
+    per event, ``which`` PDG it is)."""
+    codes, count = np.unique(ak.to_numpy(ak.flatten(pdg)), return_counts=True)
     order = np.argsort(-count)[:5]
-    found = ", ".join(f"PDG {pdg[i]}: {count[i]:,} hits" for i in order) or "no hits at all"
-    more = f" and {len(pdg) - 5} more PDG codes" if len(pdg) > 5 else ""
+    found = ", ".join(f"PDG {codes[i]}: {count[i]:,} hits" for i in order) or "no hits at all"
+    more = f" and {len(codes) - 5} more PDG codes" if len(codes) > 5 else ""
     return (
-        f"{where}: collection '{collection}' holds no optical-photon hit (linked MCParticle PDG "
-        f"{OPTICAL_PHOTON_PDG}) in {len(hits):,} events; found {found}{more} (optical physics "
+        f"{where}: collection '{collection}' holds no optical-photon hit ({which} PDG "
+        f"{OPTICAL_PHOTON_PDG}) in {len(pdg):,} events; found {found}{more} (optical physics "
         "off in the simulation, or the wrong collection in data.options.collection?)"
     )
 
@@ -208,22 +219,30 @@ def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     momentum = np.stack([col("momentum_x"), col("momentum_y"), col("momentum_z")], axis=1)
     ctx = primary_context(vertex, momentum, col("mass"), col("time"), float(opts["reference_x"]))
 
-    check = opts["causality"] != "off"
+    # A calorimeter's contributions carry their own PDG (module docstring).
+    calorimeter = detect_schema(
+        chunk.keys(), opts["collection"], opts["particles"], chunk.path
+    ).calorimeter
+    check = opts["causality"] != "off" and not calorimeter
     hits, _ = read_hits(
         chunk.tree,
         opts["collection"],
         start,
         stop,
-        hit_fields=("time", "eDep") + (("position.x", "position.y", "position.z") if check else ()),
+        hit_fields=("time", "eDep")
+        + (("PDG",) if calorimeter else ())
+        + (("position.x", "position.y", "position.z") if check else ()),
         particle_fields=("PDG",) + (("time", "vertex.x", "vertex.y", "vertex.z") if check else ()),
         particles=opts["particles"],
         where=chunk.path,
     )
-    is_photon = hits["particle_PDG"] == OPTICAL_PHOTON_PDG
+    pdg = hits["PDG"] if calorimeter else hits["particle_PDG"]
+    is_photon = pdg == OPTICAL_PHOTON_PDG
     photon_times = hits["time"][is_photon]
     n_photons = ak.to_numpy(ak.num(photon_times)).astype(np.int64)
     if not n_photons.any() and (start == 0 or len(n_photons) >= _MIN_EVENTS_WITHOUT_PHOTONS):
-        raise DetlearnError(_no_photons(hits, opts["collection"], chunk.where))
+        which = "contribution" if calorimeter else "linked MCParticle"
+        raise DetlearnError(_no_photons(pdg, which, opts["collection"], chunk.where))
     if check:
         _check_causality(hits[is_photon], opts, chunk)
     edep = ak.to_numpy(ak.sum(hits["eDep"][~is_photon], axis=1)).astype(np.float64)
