@@ -67,7 +67,8 @@ def test_the_simulators_default_to_one_thread_per_usable_cpu():
     probe = (
         "from detlearn.recipes.ecal_veto.simulate import EcalSimConfig; "
         "from detlearn.recipes.hcal_energy import HcalSimConfig; "
-        "print(EcalSimConfig().threads, HcalSimConfig().threads)"
+        "from detlearn.recipes.klm_timing.simulate import KLMSimConfig; "
+        "print(EcalSimConfig().threads, HcalSimConfig().threads, KLMSimConfig().threads)"
     )
     one = {min(os.sched_getaffinity(0))}
     out = subprocess.run(
@@ -78,4 +79,4 @@ def test_the_simulators_default_to_one_thread_per_usable_cpu():
         preexec_fn=lambda: os.sched_setaffinity(0, one),
         timeout=120,
     )
-    assert out.stdout.split() == ["1", "1"]
+    assert out.stdout.split() == ["1", "1", "1"]

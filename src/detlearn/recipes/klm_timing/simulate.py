@@ -92,6 +92,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from detlearn._blocks import map_threads, seeded_blocks
 from detlearn._files import atomic_path
 from detlearn._progress import track
+from detlearn._threads import usable_cpus
 from detlearn.config import validate_options
 from detlearn.errors import DetlearnError
 from detlearn.io.provenance import simulator_provenance, write_provenance
@@ -167,7 +168,11 @@ class KLMSimConfig(_Strict):
     compression: Literal["zstd", "zlib", "lz4", "none"] = Field(
         "zstd", description="ROOT basket compression (level 1)"
     )
-    threads: int = Field(2, gt=0, description="threads generating photons (results do not depend)")
+    threads: int = Field(
+        default_factory=usable_cpus,
+        gt=0,
+        description="threads generating photons (default: the usable CPUs; results do not depend)",
+    )
     # Geometry
     bar_front_x: float = Field(1770.3, description="x of the bar's front face [mm]")
     bar_thickness: float = Field(10.0, gt=0, description="bar thickness T along x [mm]")
