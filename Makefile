@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 # `make bench ONLY="klm_sample hcal_latency"` refreshes those alone.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(addprefix --only ,$(ONLY))
+
+# The ROOT-reading fuzz test with many more cases than `make test` runs (FUZZ=3000 by default).
+FUZZ ?= 3000
+fuzz: $(STAMP)
+	DETLEARN_FUZZ_EXAMPLES=$(FUZZ) $(BIN)/python -m pytest -q tests/io/test_fuzz_root.py
 
 clean:
 	rm -rf $(VENV) demo
