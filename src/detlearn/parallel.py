@@ -23,7 +23,12 @@ import contextlib
 import importlib
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import queue
+import select
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -57,7 +62,8 @@ class LocalExecutor(Executor):
     them is free first. Workers are forked from a fork server (a clean, single-threaded
     process that imports the ``preload`` modules once and lives as long as this one), never
     from this process: they must not inherit its threads (torch, OpenMP, a progress bar). The
-    first executor of a process waits for that server's imports; later ones do not.
+    first executor of a process waits for that server's imports; later ones do not. A worker
+    exits as soon as this process ends, even when it is killed (see :func:`_exit_with`).
 
     Args:
         workers: tasks at a time, this process included (at least 2).
@@ -72,7 +78,12 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int, preload: Sequence[str] = ()) -> None:
         if workers < 2:
             raise ValueError(f"LocalExecutor needs at least 2 workers (got {workers})")
-        self._processes = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_context(preload))
+        self._processes = ProcessPoolExecutor(
+            max_workers=workers - 1,
+            mp_context=_context(preload),
+            initializer=_exit_with,
+            initargs=(os.getpid(),),
+        )
         # One token per place a task can run: None is this process.
         self._free: queue.SimpleQueue[ProcessPoolExecutor | None] = queue.SimpleQueue()
         for token in [None] + [self._processes] * (workers - 1):
@@ -107,6 +118,45 @@ class LocalExecutor(Executor):
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         # Leaving on an error (Ctrl-C included) finishes the running tasks, not the queued ones.
         self.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+def _exit_with(parent: int) -> None:
+    """Worker initializer: end this worker process as soon as process ``parent`` (the one that
+    opened the executor) ends, even by SIGKILL.
+
+    A worker's own parent is the fork server, which lives as long as any worker does, and an
+    idle worker waits for its next task forever: without this, a killed job left its workers,
+    the fork server and multiprocessing's resource tracker running. Watched with a pidfd on
+    Linux, else polled once a second; not on Windows (no fork server there).
+    """
+    if sys.platform == "win32":
+        return
+    try:
+        fd = os.pidfd_open(parent)
+    except ProcessLookupError:  # ended before this worker started
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd (macOS, an old kernel): poll
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has ended
+        else:
+            while _alive(parent):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="detlearn-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user (its pid reused)
+        return True
+    return True
 
 
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:

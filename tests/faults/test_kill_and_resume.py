@@ -1,0 +1,188 @@
+"""Nothing lost: jobs killed with SIGKILL, disks that fill up, workers that die, and folders
+that hold older files.
+
+Every killed job runs as its own ``python -m detlearn.cli`` process (as a user runs it) and is
+killed at a moment read off the file system: its first shard, checkpoint or output file. Then:
+no file under a final name is incomplete (every ROOT file opens, every JSON file parses...),
+no process of the job lives on, and the rerun gives what an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import uproot
+from conftest import flat_config, write_flat
+from safetensors.torch import load_file
+
+from detlearn.prepare import prepare
+from detlearn.recipes import load_config
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and fork servers are POSIX"),
+    # The tiny klm run spans less of the simulator's range than fastsim draws.
+    pytest.mark.filterwarnings("ignore::detlearn.runs.surrogate.ContextRangeWarning"),
+]
+
+CLI = [sys.executable, "-m", "detlearn.cli"]
+#: How long a job may take to reach its kill point (its imports alone take seconds) [s].
+DEADLINE = 180.0
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _start(log: Path, *args: object) -> subprocess.Popen:
+    """``detlearn *args`` as its own process; its output goes to ``log`` (a file, not a pipe:
+    orphans of the job would hold a pipe open)."""
+    with log.open("wb") as out:
+        return subprocess.Popen([*CLI, *map(str, args)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Path) -> dict[int, object]:
+    """SIGKILL ``proc`` as soon as ``ready()``; fails where the job ended on its own first.
+    Returns the processes it had started (see :func:`_family`), as they were at the kill."""
+    deadline = time.monotonic() + DEADLINE
+    while not ready():
+        assert proc.poll() is None, f"the job ended before its kill point:\n{log.read_text()}"
+        assert time.monotonic() < deadline, "the job never reached its kill point"
+        time.sleep(0.01)
+    family = _family(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the job finished before the kill landed"
+    return family
+
+
+def _count(folder: Path, pattern: str) -> int:
+    return len(list(folder.glob(pattern))) if folder.is_dir() else 0
+
+
+def _final_files(folder: Path) -> list[Path]:
+    """The files under final names (not ``.<name>.<random>.tmp``), each checked complete."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    for path in files:
+        if path.suffix == ".root":
+            with uproot.open(path) as f:
+                for key in f.keys(cycle=False):
+                    f[key]  # every object reads back
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".parquet":
+            pq.read_table(path)
+        elif path.suffix == ".ckpt":
+            torch.load(path, weights_only=True)
+        elif path.suffix == ".safetensors":
+            load_file(path)
+        elif path.suffix == ".onnx":
+            import onnx
+
+            onnx.checker.check_model(onnx.load(path))
+    return files
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob(".*.tmp") if p.is_file())
+
+
+def _family(pid: int) -> dict[int, object]:
+    """The processes below ``pid`` (psutil handles, or pids from /proc without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return {p: p for p in _proc_descendants(pid)}
+    try:
+        return {p.pid: p for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return {}
+
+
+def _proc_descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        kids = [child for child, parent in parents.items() if parent == todo[-1]]
+        todo.pop()
+        found += kids
+        todo += kids
+    return found
+
+
+def _running(proc: object) -> bool:
+    try:
+        import psutil
+    except ImportError:
+        stat = Path(f"/proc/{proc}/stat")
+        return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _assert_all_end(family: dict[int, object], timeout: float = 90.0) -> None:
+    """Every process of ``family``, and every child any of them starts meanwhile, ends
+    within ``timeout`` seconds (a fork server still importing forks its worker late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid: p for pid, p in family.items() if _running(p)}
+        for pid in list(alive):
+            for child, handle in _family(pid).items():
+                family.setdefault(child, handle)
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"orphans of the killed job: {sorted(alive)}"
+        time.sleep(0.2)
+
+
+def _shards(root: Path) -> list[dict]:
+    return json.loads((root / "manifest.json").read_text())["shards"]
+
+
+# --- 1. prepare ----------------------------------------------------------------------------
+
+
+def test_prepare_killed_twice_then_rerun_equals_uninterrupted_and_leaves_no_process(tmp_path):
+    """Killed half-way with one worker, then killed again right after the resumed job's first
+    new shard with two (the job's fork server still importing, its worker requested): the
+    rerun reuses the finished shards and gives the uninterrupted run's manifest shard for
+    shard, and no process of either job survives (the worker, fork server and resource
+    tracker of a killed ``--workers 2`` job lived on: its worker waited for tasks forever)."""
+    files = [str(write_flat(tmp_path / f"f{i}.root", n=2000, seed=i)) for i in range(2)]
+    config = flat_config(tmp_path, files, step_size=40)  # 100 shards
+    out, shards, log = tmp_path / "a", tmp_path / "a" / "shards", tmp_path / "log"
+
+    first = _start(log, "prepare", config, "--out", out, "--quiet", "--workers", 1)
+    _kill_when(first, lambda: _count(shards, "*.done.json") >= 50, log)
+    done = _count(shards, "*.done.json")
+    assert done < 100 and not (out / "manifest.json").exists()
+    _final_files(out)
+
+    second = _start(log, "prepare", config, "--out", out, "--quiet", "--workers", 2)
+    family = _kill_when(second, lambda: _count(shards, "*.done.json") > done, log)
+    assert family, "the job had started no fork server"
+    assert not (out / "manifest.json").exists()
+    _final_files(out)
+
+    cfg = load_config(config)
+    resumed = prepare(cfg, out, progress=False)
+    assert resumed.skipped > done and resumed.shards == 100
+    prepare(cfg, tmp_path / "b", progress=False)
+    assert _shards(out) == _shards(tmp_path / "b")  # checksums, rows, entry ranges, sources
+    assert not _temp_files(out)
+    _assert_all_end(family)
