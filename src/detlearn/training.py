@@ -9,7 +9,10 @@ regression loss for the :class:`~detlearn.models.Regressor`, which names it in
 - AdamW; the learning rate rises linearly over the first 2 % of optimizer steps, then follows
   a cosine down to lr / 100, stepped per batch; gradients are clipped to norm 5.
 - Early stopping on ``val_loss``; checkpoints ``run_dir/checkpoints/best.ckpt`` and
-  ``last.ckpt`` (Lightning's own, kept only for ``resume`` and read with ``weights_only=True``).
+  ``last.ckpt`` (Lightning's own, kept only for ``resume`` and read with ``weights_only=True``),
+  each written to a temp file beside it and renamed. Epoch k's shuffle depends on the seed and
+  k alone, so a run killed and resumed ends with the same weights as one never stopped, also
+  from a run folder moved or copied since (its paths are read relative to the folder).
 - ``run_dir/history.csv`` (one row per epoch: epoch, train_loss, val_loss, lr, elapsed_s) and
   ``run_dir/loss.png``; the best weights in ``run_dir/model.safetensors`` + ``model.json``.
 - Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains with DDP (gloo on CPU, nccl on
@@ -45,8 +48,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from detlearn._files import atomic_path
 from detlearn._progress import interactive, plain_line
@@ -253,6 +257,77 @@ class _Columns(TensorDataset):
 
 def _as_is(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     return batch
+
+
+class _EpochShuffle(RandomSampler):
+    """A random order of the rows that depends on ``seed`` and the epoch alone.
+
+    A plain shuffling DataLoader draws each epoch's order from one generator: a resumed run,
+    whose generator starts afresh, replayed epoch 0's orders. Lightning calls ``set_epoch``
+    before every epoch (a resumed one too), so resumed epoch k shuffles as the run's epoch k.
+    Under DDP Lightning puts its DistributedSampler (seeded, ``set_epoch`` too) in its place.
+    """
+
+    def __init__(self, data: TensorDataset, seed: int) -> None:
+        super().__init__(data, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the order for ``epoch`` (counted from 0)."""
+        self.generator.manual_seed(
+            int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        )
+
+
+class _RunFolderCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, its saved paths read relative to its own folder.
+
+    A checkpoint records its folder and best checkpoint as absolute paths; resuming a run
+    folder moved or copied since, Lightning forgot the best score so far (warning) and kept
+    the original folder's best checkpoint, from which the final weights would be loaded.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:
+            here = Path(self.dirpath)
+
+            def moved(path: Any) -> Any:
+                if isinstance(path, str) and path and Path(path).is_relative_to(saved):
+                    return str(here / Path(path).relative_to(saved))
+                return path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{
+                    key: moved(state_dict.get(key))
+                    for key in ("best_model_path", "kth_best_model_path", "last_model_path")
+                },
+                "best_k_models": {
+                    moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                },
+            }
+        super().load_state_dict(state_dict)
+
+
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file beside their final name, then renamed.
+
+    Lightning's own write goes through a temp file in the system's temp folder and then a
+    move, which, across file systems, is a copy that a kill or a full disk leaves half-done
+    under the final name.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Write ``checkpoint`` to ``path`` (a local file) atomically."""
+        # Through a Python file: its writes raise on a full disk (torch's own file writer
+        # did not always), and atomic_path then names the file.
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            torch.save(checkpoint, f)
 
 
 @contextmanager
@@ -470,16 +545,15 @@ def fit(
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     with _quiet(), _restore_determinism(was_deterministic), _step_threads(model, cfg.batch_size):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        shuffle = torch.Generator().manual_seed(cfg.seed)
+        train_set = _Columns(*train_t)
         train_loader = DataLoader(
-            _Columns(*train_t),
+            train_set,
             batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=shuffle,
+            sampler=_EpochShuffle(train_set, cfg.seed),
             collate_fn=_as_is,
         )
         val_loader = DataLoader(_Columns(*val_t), batch_size=4 * cfg.batch_size, collate_fn=_as_is)
-        checkpoint = ModelCheckpoint(
+        checkpoint = _RunFolderCheckpoint(
             dirpath=ckpt_dir,
             filename="best",
             monitor="val_loss",
@@ -522,6 +596,7 @@ def fit(
             # kernels are deterministic at no cost.
             deterministic=not cuda,
             default_root_dir=run_dir,
+            plugins=[_AtomicCheckpointIO()],
         )
         module = DensityModule(model, cfg)
         trainer.fit(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import uproot
 from conftest import flat_config, write_flat
 from safetensors.torch import load_file
 
+from detlearn.cli import app
 from detlearn.prepare import prepare
 from detlearn.recipes import load_config
 
@@ -186,3 +188,62 @@ def test_prepare_killed_twice_then_rerun_equals_uninterrupted_and_leaves_no_proc
     assert _shards(out) == _shards(tmp_path / "b")  # checksums, rows, entry ranges, sources
     assert not _temp_files(out)
     _assert_all_end(family)
+
+
+# --- 2. train --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flat_dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flat")
+    path = write_flat(tmp / "f.root", n=3000, seed=3)
+    config = flat_config(tmp, [str(path)], step_size=1000)
+    prepare(load_config(config), tmp / "ds", progress=False)
+    return config, tmp / "ds"
+
+
+TRAIN_SETS = [
+    "--set=model.flow.transforms=1",
+    "--set=model.flow.bins=4",
+    "--set=model.flow.hidden=[8]",
+    "--set=training.batch_size=100",
+    "--set=training.max_epochs=10",
+    "--set=training.patience=100",
+]
+
+
+def test_train_killed_resumes_bit_for_bit_in_a_moved_folder(flat_dataset, tmp_path, runner):
+    """``detlearn train`` into a folder holding an earlier run, killed after its first
+    checkpoint: the folder is no run any more (``sample`` refuses it; the old run.json stayed
+    beside new weights), and ``--resume`` of that folder moved elsewhere ends with the weights
+    of an uninterrupted run, bit for bit (resumed epochs replayed epoch 0's shuffles, and a
+    moved folder resumed from the original folder's best checkpoint, its best score lost)."""
+    config, ds = flat_dataset
+    run, log = tmp_path / "run", tmp_path / "log"
+    old = runner.invoke(
+        app,
+        ["train", str(config), "-d", str(ds), "-o", str(run), "--quiet", *TRAIN_SETS,
+         "--set=training.max_epochs=1", "--set=training.seed=7"],
+    )  # fmt: skip
+    assert old.exit_code == 0, old.output
+
+    last = run / "flow" / "checkpoints" / "last.ckpt"
+    started = time.time_ns()
+    killed = _start(log, "train", config, "-d", ds, "-o", run, "--quiet", *TRAIN_SETS)
+    _kill_when(killed, lambda: last.is_file() and last.stat().st_mtime_ns > started, log)
+    assert not (run / "run.json").exists()
+    _final_files(run)
+    refused = runner.invoke(app, ["sample", str(run), "-c", "p=1", "-n", "10"])
+    assert refused.exit_code == 2 and "not a detlearn run directory" in refused.output
+
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    args = ["train", str(config), "-d", str(ds), "-o", str(moved), "--quiet", *TRAIN_SETS]
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    fresh = runner.invoke(app, [*args[:5], str(tmp_path / "fresh"), *args[6:]])
+    assert fresh.exit_code == 0, fresh.output
+    a, b = (load_file(r / "flow" / "model.safetensors") for r in (moved, tmp_path / "fresh"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = (moved / "flow" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 10  # every epoch once

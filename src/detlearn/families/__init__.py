@@ -25,7 +25,7 @@ from detlearn.families.base import Family
 from detlearn.families.classifier import CLASSIFIER
 from detlearn.families.flow import FLOW
 from detlearn.families.regressor import REGRESSOR
-from detlearn.runs.artifact import read_run_info
+from detlearn.runs.artifact import RUN_FILE, read_run_info
 from detlearn.runs.training_data import open_training_data
 
 __all__ = ["FAMILIES", "Family", "export_run", "get_family", "load_run", "train"]
@@ -52,10 +52,17 @@ def train(
     progress: bool = True,
 ) -> Path:
     """Train the model of ``cfg`` (its ``model.family``) on a prepared dataset; returns the run
-    directory. See each family's ``train`` for what it fits."""
+    directory. See each family's ``train`` for what it fits.
+
+    A run folder is a run once its ``run.json`` is written, last: an earlier run's is removed
+    first, so a training stopped half-way into an existing run folder never leaves the old
+    run's record beside the new weights (a mix that ``load_run`` and ``sample`` would take).
+    """
     family = get_family(cfg.model.family)
     data = open_training_data(cfg, dataset, family.roles, family.balances_labels)
-    return family.train(cfg, data, Path(out), resume, progress)
+    out = Path(out)
+    (out / RUN_FILE).unlink(missing_ok=True)
+    return family.train(cfg, data, out, resume, progress)
 
 
 def load_run(run_dir: str | Path, recipe: str | None = None) -> Any:
