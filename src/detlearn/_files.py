@@ -8,6 +8,7 @@ leaves a half-written file under a final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import mmap
 import os
@@ -34,6 +35,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file beside ``path`` to fill in the block; renamed onto ``path`` if the block
     succeeds, removed if it fails, so no reader ever sees a half-written ``path``.
 
+    A full disk (or quota) is a one-line :class:`DetlearnError` naming ``path``.
+
     Example:
         >>> with atomic_path(tmp / "out.root") as part:  # doctest: +SKIP
         ...     write_root(part)
@@ -49,9 +52,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            raise DetlearnError(
+                f"{path}: disk full (no space left on device) while writing it (left as it "
+                "was); free some space and run again"
+            ) from err
         raise
+
+
+#: The errors of a full disk and of a used-up quota.
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -9,6 +9,7 @@ no process of the job lives on, and the rerun gives what an uninterrupted run gi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -26,7 +28,11 @@ import uproot
 from conftest import flat_config, write_flat
 from safetensors.torch import load_file
 
+from detlearn import training
 from detlearn.cli import app
+from detlearn.config import TrainingConfig
+from detlearn.errors import DetlearnError
+from detlearn.io import dataset
 from detlearn.prepare import prepare
 from detlearn.recipes import load_config
 
@@ -247,3 +253,75 @@ def test_train_killed_resumes_bit_for_bit_in_a_moved_folder(flat_dataset, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = (moved / "flow" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 10  # every epoch once
+
+
+# --- 4. a full disk ------------------------------------------------------------------------
+
+
+def _disk_fills(after: int) -> Callable[[Callable], Callable]:
+    """A wrapper of a writer ``fn(obj, path_or_file, ...)`` that, from its ``after``-th call
+    on, writes some bytes and raises ENOSPC, as a full disk does."""
+
+    def wrap(fn: Callable) -> Callable:
+        calls = [0]
+
+        def write(obj: object, where: object, *args: object, **kwargs: object) -> object:
+            calls[0] += 1
+            if calls[0] <= after:
+                return fn(obj, where, *args, **kwargs)
+            if hasattr(where, "write"):
+                where.write(b"PAR1 half")
+            else:
+                Path(where).write_bytes(b"PAR1 half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return write
+
+    return wrap
+
+
+def test_prepare_on_a_full_disk_is_one_line_leaves_no_half_shard_and_reruns(
+    tmp_path, runner, monkeypatch
+):
+    path = write_flat(tmp_path / "f.root", n=1000)
+    config = flat_config(tmp_path, [str(path)])  # 4 shards
+    out = tmp_path / "ds"
+    monkeypatch.setattr(dataset.pq, "write_table", _disk_fills(2)(pq.write_table))
+    result = runner.invoke(app, ["prepare", str(config), "-o", str(out), "--quiet"])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "disk full" in line and ".parquet" in line
+    assert _count(out / "shards", "*.parquet") == 2 and not _temp_files(out)
+    assert not (out / "manifest.json").exists()
+    _final_files(out)
+    monkeypatch.undo()
+    rerun = prepare(load_config(config), out, progress=False)
+    assert rerun.skipped == 2 and rerun.shards == 4
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_half_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+
+    def data(n: int) -> dict[str, np.ndarray]:
+        c = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+        return {"target": np.exp(c + 0.3 * rng.standard_normal((n, 1))), "context": c}
+
+    from detlearn.config import FlowConfig
+    from detlearn.models import ConditionalFlow
+
+    def flow() -> ConditionalFlow:
+        torch.manual_seed(0)
+        return ConditionalFlow(1, 1, FlowConfig(hidden=[8], transforms=1, bins=4), lower=[0.0])
+
+    train_set, val_set = data(400), data(100)
+    cfg = TrainingConfig(batch_size=100, max_epochs=3)
+    # Epoch 0 writes best.ckpt and last.ckpt; the disk fills on epoch 1's best.ckpt.
+    monkeypatch.setattr(training.torch, "save", _disk_fills(2)(torch.save))
+    with pytest.raises(DetlearnError, match=r"best\.ckpt: disk full") as err:
+        training.fit(flow(), train_set, val_set, cfg, tmp_path, progress=False)
+    assert len(str(err.value).splitlines()) == 1
+    assert not _temp_files(tmp_path) and not (tmp_path / "model.safetensors").exists()
+    assert {p.name for p in _final_files(tmp_path / "checkpoints")} == {"best.ckpt", "last.ckpt"}
+    monkeypatch.undo()
+    resumed = training.fit(flow(), train_set, val_set, cfg, tmp_path, resume=True, progress=False)
+    assert resumed.epochs == 3
