@@ -319,8 +319,7 @@ def prepare(
     shard_dir = out / "shards"
     made = [p for p in (out, shard_dir) if not p.exists()]
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for stale in shard_dir.glob(".*.tmp"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    _remove_temp_files(shard_dir)  # left by a killed run
 
     records: dict[str, dict[str, Any]] = {}
     todo: list[WorkItem] = []
@@ -366,6 +365,9 @@ def prepare(
                         raise err
                     raise DetlearnError(f"{item.where}: {_reason(err)}") from err
                 advance()
+    # A worker killed while writing a shard (a dask worker, whose work another one redid)
+    # leaves its temp file; every worker is done now.
+    _remove_temp_files(shard_dir)
 
     shards = [
         records[i.key] for i in items if i.key in records and i.source.path not in bad_sources
@@ -431,6 +433,12 @@ def prepare(
         zero_weight=weights["zero"] if weights else None,
         negative_weight=weights["negative"] if weights else None,
     )
+
+
+def _remove_temp_files(shard_dir: Path) -> None:
+    """Remove the temp files of shards (``.<name>.<random>.tmp``) from ``shard_dir``."""
+    for stale in shard_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _weight_totals(shards: list[dict[str, Any]], data: DataConfig) -> dict[str, Any] | None:

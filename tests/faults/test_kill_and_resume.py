@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -325,3 +326,47 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_half_file(tmp_pat
     monkeypatch.undo()
     resumed = training.fit(flow(), train_set, val_set, cfg, tmp_path, resume=True, progress=False)
     assert resumed.epochs == 3
+
+
+# --- 5. a dask worker killed ---------------------------------------------------------------
+
+
+def test_a_dask_worker_killed_mid_prepare_is_retried_and_the_dataset_is_whole(tmp_path):
+    """One of the LocalCluster's two worker processes is killed once the first shards are
+    done: dask reruns its work elsewhere and the dataset equals a serial one."""
+    pytest.importorskip("distributed", reason="dask extra not installed (detlearn[dask])")
+    files = [str(write_flat(tmp_path / f"f{i}.root", n=2000, seed=i)) for i in range(2)]
+    config = flat_config(tmp_path, files, step_size=40)
+    out, shards = tmp_path / "dask", tmp_path / "dask" / "shards"
+    before = set(_family(os.getpid()))
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + DEADLINE
+        while _count(shards, "*.done.json") < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # A worker process is one of this job's new processes that holds a shard's work.
+        new = [pid for pid in _family(os.getpid()) if pid not in before]
+        workers = [pid for pid in new if _is_dask_worker(pid)]
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append(workers[0])
+
+    watcher = threading.Thread(target=kill_one_worker, daemon=True)
+    watcher.start()
+    cfg = load_config(config, {"executor": {"kind": "dask", "workers": 2}})
+    summary = prepare(cfg, out, progress=False)
+    watcher.join()
+    assert killed, "no dask worker process was found to kill"
+    assert summary.shards == 100 and not summary.failed
+    prepare(load_config(config), tmp_path / "serial", progress=False)
+    assert _shards(out) == _shards(tmp_path / "serial")
+    assert not _temp_files(out)
+
+
+def _is_dask_worker(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return "spawn_main" in cmdline  # dask starts its workers with multiprocessing's spawn
