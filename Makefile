@@ -34,10 +34,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(addprefix --only ,$(ONLY))
 
-# The ROOT-reading fuzz test with many more cases than `make test` runs (FUZZ=3000 by default).
+# The fuzz tests (ROOT reading, configs) with many more cases than `make test` runs (FUZZ=3000 by default).
 FUZZ ?= 3000
 fuzz: $(STAMP)
-	DETLEARN_FUZZ_EXAMPLES=$(FUZZ) $(BIN)/python -m pytest -q tests/io/test_fuzz_root.py
+	DETLEARN_FUZZ_EXAMPLES=$(FUZZ) $(BIN)/python -m pytest -q tests/io/test_fuzz_root.py tests/test_config_fuzz.py
 
 clean:
 	rm -rf $(VENV) demo

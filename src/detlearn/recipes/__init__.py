@@ -29,12 +29,9 @@ RECIPES: dict[str, Recipe] = {
 
 def get_recipe(name: str) -> Recipe:
     """The recipe called ``name``; an unknown name lists the known ones."""
-    try:
+    if isinstance(name, str) and name in RECIPES:
         return RECIPES[name]
-    except KeyError:
-        raise DetlearnError(
-            f"unknown recipe '{name}'; known recipes: {', '.join(sorted(RECIPES))}"
-        ) from None
+    raise DetlearnError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
