@@ -24,6 +24,7 @@ from detlearn.families import export_run
 from detlearn.families import train as run_train
 from detlearn.pipeline import evaluate as run_evaluate
 from detlearn.pipeline import run_recipe
+from detlearn.pipeline import simulate as run_simulate
 from detlearn.prepare import prepare as run_prepare
 from detlearn.recipes import RECIPES, get_recipe, load_config
 from detlearn.runs.artifact import read_run_info
@@ -146,11 +147,12 @@ def simulate(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     set_: SetOption = None,
 ) -> None:
-    """Write ROOT files from a recipe's built-in simulator."""
+    """Write ROOT files from a recipe's built-in simulator (into a folder holding no other ROOT
+    files: prepare reads them all)."""
     rec = get_recipe(recipe)
     options = rec.default_config().get("simulate", {})
     options.update(parse_overrides(set_))
-    files = rec.simulate(out_dir, events, seed, options)
+    files = run_simulate(recipe, out_dir, events, seed, options)
     out.print(f"wrote {len(files)} file(s) to {out_dir}", markup=False)
 
 
@@ -238,8 +240,11 @@ def sample(
         "samples.parquet"
     ),
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    force: Annotated[bool, typer.Option(help="overwrite an existing --output file")] = False,
 ) -> None:
     """Draw samples from a trained surrogate at given contexts; writes parquet."""
+    if output.exists() and not force:
+        raise DetlearnError(f"{output}: exists; pass --force to overwrite it")
     surrogate = Surrogate.load(run)
     contexts = parse_context(context)
     write_samples(surrogate, contexts, n, output, seed=seed)

@@ -17,7 +17,7 @@ each the public function a user would call by hand. Its output folder::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,17 @@ import yaml
 from rich.console import Console
 
 from detlearn._files import atomic_write_bytes
-from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config
+from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config, validate_options
 from detlearn.errors import DetlearnError
 from detlearn.families import export_run, get_family, train
 from detlearn.io.dataset import Dataset
+from detlearn.io.provenance import read_provenance
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe, load_config
 from detlearn.report import write_report
 from detlearn.runs.artifact import RunInfo, read_run_info
 
-__all__ = ["evaluate", "run_recipe", "simulator_mismatch"]
+__all__ = ["evaluate", "run_recipe", "simulate", "simulator_mismatch"]
 
 
 def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> Path:
@@ -96,6 +97,71 @@ def simulator_mismatch(info: RunInfo) -> str | None:
     return None
 
 
+def simulate(
+    recipe: str,
+    out_dir: str | Path,
+    events: int,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Run ``recipe``'s built-in simulator into ``out_dir``; returns the files it wrote.
+
+    ``prepare`` reads every ROOT file of a folder, so a folder holding one this job would not
+    write is refused before anything is written: a file with no detlearn provenance record
+    (your own), or one written by fastsim, by another recipe's simulator, with other options
+    or another seed. Files of the same job (a rerun, or one stopped half-way) are written
+    again, and a killed job's temp files removed. A file of the same settings that it did not
+    write again (an earlier run of more events) is an error once it is done.
+    """
+    rec = get_recipe(recipe)
+    out_dir = Path(out_dir)
+    if out_dir.is_file():
+        raise DetlearnError(f"{out_dir}: is a file, not a folder")
+    existing = sorted(out_dir.glob("*.root")) if out_dir.is_dir() else []
+    if existing:
+        wanted = validate_options(rec.simulate_options, options, f"{recipe} simulate")
+        for path in existing:
+            why = _not_this_job(read_provenance(path), recipe, wanted.model_dump(mode="json"), seed)
+            if why:
+                raise DetlearnError(
+                    f"{path}: {why}, so this simulate would not write it, and prepare would read "
+                    "it beside the new files; choose an empty folder (--out) or remove it"
+                )
+    # A killed simulate's temp files (its simulator's names: .<name>.root.<random>.tmp).
+    for stale in out_dir.glob(".*.root.*.tmp") if out_dir.is_dir() else []:
+        stale.unlink(missing_ok=True)
+    files = rec.simulate(out_dir, events, seed, options)
+    written = {Path(f).name for f in files}
+    left = [p for p in sorted(out_dir.glob("*.root")) if p.name not in written]
+    if left:
+        raise DetlearnError(
+            f"{left[0]}: left from an earlier simulate of more events with the same settings "
+            f"({len(left)} file(s) beside the {len(files)} written), which prepare would read "
+            "too: remove it"
+        )
+    return files
+
+
+def _not_this_job(
+    record: Mapping[str, Any] | None, recipe: str, options: Mapping[str, Any], seed: int
+) -> str | None:
+    """Why a file with provenance ``record`` is not one ``recipe``'s simulator writes with
+    ``options`` (validated, as JSON) from ``seed``; None when it is."""
+    if not record:
+        return "has no detlearn provenance record (not written by detlearn simulate)"
+    if record.get("writer") != "detlearn simulate":
+        return f"was written by {record.get('writer')}, not detlearn simulate"
+    if record.get("recipe") != recipe:
+        return f"was written by {record.get('recipe')}'s simulator, not {recipe}'s"
+    have = record.get("options") or {}
+    for key in sorted(set(options) | set(have)):
+        if have.get(key) != options.get(key):
+            return f"was simulated with {key}={have.get(key)!r}, not {options.get(key)!r}"
+    if record.get("seed") != seed:
+        return f"was simulated with seed {record.get('seed')}, not {seed}"
+    return None
+
+
 def run_recipe(
     recipe: str,
     out: str | Path,
@@ -131,7 +197,7 @@ def run_recipe(
         console.print(f"{name}: {timings[name]:.1f} s")
         return result
 
-    step("simulate", lambda: rec.simulate(out / "sim", events, seed, cfg.simulate))
+    step("simulate", lambda: simulate(recipe, out / "sim", events, seed, cfg.simulate))
     summary = step("prepare", lambda: prepare(cfg, out / "dataset"))
     console.print(f"{summary.rows:,} rows from {summary.files} files")
 

@@ -26,14 +26,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import uproot
+import yaml
 from conftest import flat_config, write_flat
+from rich.console import Console
 from safetensors.torch import load_file
 
 from detlearn import training
 from detlearn.cli import app
-from detlearn.config import TrainingConfig
+from detlearn.config import TrainingConfig, deep_merge
 from detlearn.errors import DetlearnError
+from detlearn.families import export_run, train
 from detlearn.io import dataset
+from detlearn.pipeline import run_recipe, simulate
 from detlearn.prepare import prepare
 from detlearn.recipes import load_config
 
@@ -163,6 +167,36 @@ def _shards(root: Path) -> list[dict]:
     return json.loads((root / "manifest.json").read_text())["shards"]
 
 
+# --- fixtures ------------------------------------------------------------------------------
+
+KLM_TINY = {
+    "simulate": {"events_per_file": 150},
+    "model": {
+        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
+        "count_hidden": [8],
+        "count_max_epochs": 2,
+    },
+    "training": {"max_epochs": 1, "batch_size": 4096},
+    "executor": {"workers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def klm(tmp_path_factory):
+    """A tiny klm-timing run (with its count model, as fastsim needs): simulate, prepare, train
+    by the public functions ``detlearn demo`` calls."""
+    out = tmp_path_factory.mktemp("klm")
+    raw = deep_merge(
+        {"recipe": "klm-timing"}, deep_merge(KLM_TINY, {"data": {"inputs": [str(out / "sim")]}})
+    )
+    (out / "run.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(out / "run.yaml")
+    simulate("klm-timing", out / "sim", 300, 1, cfg.simulate)
+    prepare(cfg, out / "dataset", progress=False)
+    train(cfg, out / "dataset", out / "run", progress=False)
+    return out
+
+
 # --- 1. prepare ----------------------------------------------------------------------------
 
 
@@ -254,6 +288,55 @@ def test_train_killed_resumes_bit_for_bit_in_a_moved_folder(flat_dataset, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = (moved / "flow" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 10  # every epoch once
+
+
+# --- 3. simulate, export, fastsim ----------------------------------------------------------
+
+
+def test_simulate_killed_leaves_only_whole_files_and_reruns(tmp_path, runner):
+    """Killed while writing a file (a temp file beside finished ones): every ROOT file under
+    a final name is whole, and the rerun into the same folder rewrites it all (its own files
+    are not refused), its temp files removed."""
+    out, log = tmp_path / "sim", tmp_path / "log"
+    args = ["simulate", "klm-timing", "-o", out, "-n", 6000, "--seed", 2]
+    sets = ["--set", "events_per_file=100"]
+    killed = _start(log, *args, *sets)
+    _kill_when(killed, lambda: _count(out, "*.root") >= 1 and _count(out, ".*.tmp") >= 1, log)
+    for path in _final_files(out):
+        assert path.suffix == ".root"
+    assert _count(out, "*.root") < 60
+    rerun = runner.invoke(app, [*map(str, args), *sets])
+    assert rerun.exit_code == 0, rerun.output
+    assert _count(out, "*.root") == 60 and not _temp_files(out)
+    _final_files(out)
+
+
+def test_export_killed_leaves_only_whole_files_and_reruns(klm, tmp_path):
+    """Killed once its first graph is written: what lies under a final name is whole; the
+    rerun into the same folder succeeds."""
+    run, out, log = klm / "run", tmp_path / "export", tmp_path / "log"
+    killed = _start(log, "export", run, "-o", out)
+    _kill_when(killed, lambda: _count(out, "*.onnx") >= 1, log)
+    _final_files(out)
+    sidecar = export_run(run, out)
+    assert sidecar and not _temp_files(out)
+    assert {p.suffix for p in _final_files(out)} >= {".onnx", ".json"}
+
+
+def test_fastsim_killed_leaves_only_whole_files_and_resumes(klm, tmp_path, runner):
+    """Killed after its first file: the files under final names are whole, and the rerun
+    keeps them (the same provenance) and writes the rest."""
+    run, out, log = klm / "run", tmp_path / "fs", tmp_path / "log"
+    args = ["fastsim", str(run), "-n", "1500", "-o", str(out), "--seed", "4"]
+    killed = _start(log, *args)
+    _kill_when(killed, lambda: _count(out, "*.root") >= 1, log)
+    before = {p: p.stat().st_mtime_ns for p in _final_files(out)}
+    assert 1 <= len(before) < 10
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert _count(out, "*.root") == 10
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # kept, not redone
+    _final_files(out)
 
 
 # --- 4. a full disk ------------------------------------------------------------------------
@@ -370,3 +453,46 @@ def _is_dask_worker(pid: int) -> bool:
     except OSError:
         return False
     return "spawn_main" in cmdline  # dask starts its workers with multiprocessing's spawn
+
+
+# --- 6. folders holding older files --------------------------------------------------------
+
+
+def test_simulate_refuses_a_folder_with_root_files_it_would_not_write(tmp_path, runner):
+    out = tmp_path / "sim"
+    out.mkdir()
+    write_flat(out / "mine.root", n=10)
+    args = ["simulate", "klm-timing", "-o", str(out), "-n", "200", "--set=events_per_file=100"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert "mine.root" in refused.output and "no detlearn provenance" in refused.output
+    assert sorted(p.name for p in out.iterdir()) == ["mine.root"]
+
+    (out / "mine.root").unlink()
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0  # its own files: written again
+    other_seed = runner.invoke(app, [*args, "--seed", "1"])
+    assert other_seed.exit_code == 2 and "seed 0, not 1" in other_seed.output
+    other_options = runner.invoke(app, [*args, "--set=mode=wls"])
+    assert other_options.exit_code == 2 and "simulated with mode=" in other_options.output
+    fewer = runner.invoke(app, [*args[:5], "100", args[6]])
+    assert fewer.exit_code == 2 and "klm_0001.edm4hep.root: left from an earlier" in fewer.output
+
+
+def test_the_demo_refuses_a_sim_folder_holding_other_root_files(tmp_path):
+    write_flat(tmp_path / "sim" / "old.root", n=10)
+    with pytest.raises(DetlearnError, match=r"old\.root: has no detlearn provenance"):
+        run_recipe("klm-timing", tmp_path, 100, 1, KLM_TINY, console=Console(quiet=True))
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_sample_refuses_to_overwrite_a_file_unless_forced(klm, tmp_path, runner):
+    out = tmp_path / "s.parquet"
+    args = ["sample", str(klm / "run"), "-c", "z=0,theta=1.4,p=2", "-n", "10", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    written = out.read_bytes()
+    again = runner.invoke(app, [*args[:-1], str(out), "--seed", "1"])
+    assert again.exit_code == 2 and len(again.output.strip().splitlines()) == 1
+    assert "s.parquet: exists; pass --force" in again.output and out.read_bytes() == written
+    forced = runner.invoke(app, [*args, "--seed", "1", "--force"])
+    assert forced.exit_code == 0 and out.read_bytes() != written
