@@ -411,6 +411,21 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_half_file(tmp_pat
     assert resumed.epochs == 3
 
 
+def test_a_figure_on_a_full_disk_is_one_line_and_leaves_no_half_png(tmp_path, monkeypatch):
+    """Figures went straight to their final name: a kill or a full disk left half a PNG."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from detlearn.plots.style import save
+
+    fig = plt.figure()
+    monkeypatch.setattr(Figure, "savefig", _disk_fills(0)(Figure.savefig))
+    with pytest.raises(DetlearnError, match=r"loss\.png: disk full"):
+        save(fig, tmp_path / "loss.png")
+    plt.close(fig)
+    assert not list(tmp_path.iterdir())
+
+
 # --- 5. a dask worker killed ---------------------------------------------------------------
 
 

@@ -22,6 +22,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec, SubplotSpec
 
+from detlearn._files import atomic_path
+
 __all__ = [
     "MODEL",
     "SIM",
@@ -62,10 +64,10 @@ def exp_label(ax: Axes) -> None:
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (its folder created); returns the path."""
+    """Write ``fig`` as a PNG at ``path`` (its folder created, atomically); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     return path
 
 
