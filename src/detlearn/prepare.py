@@ -336,35 +336,40 @@ def prepare(
     todo.sort(key=lambda item: item.entry_stop - item.entry_start, reverse=True)
 
     bad_sources: set[str] = set()
-    with (
-        show_progress(len(items), "preparing", progress, skipped) as advance,
-        executor(cfg.executor, preload=[__name__]) as pool,
-    ):
-        futures: dict[Future, WorkItem] = {
-            pool.submit(
-                process_item, item, data, extract, shard_dir / f"{item.key}.parquet", chash
-            ): item
-            for item in todo
-        }
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                item = futures[fut]
-                err = fut.exception()
-                if err is None:
-                    records[item.key] = fut.result()
-                elif data.on_error == "skip":
-                    if item.source.path not in bad_sources:
-                        bad_sources.add(item.source.path)
-                        failed.append({"path": item.source.path, "reason": _reason(err)})
-                else:
-                    for other in pending:
-                        other.cancel()
-                    if isinstance(err, DetlearnError):
-                        raise err
-                    raise DetlearnError(f"{item.where}: {_reason(err)}") from err
-                advance()
+    try:
+        with (
+            show_progress(len(items), "preparing", progress, skipped) as advance,
+            executor(cfg.executor, preload=[__name__]) as pool,
+        ):
+            futures: dict[Future, WorkItem] = {
+                pool.submit(
+                    process_item, item, data, extract, shard_dir / f"{item.key}.parquet", chash
+                ): item
+                for item in todo
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = futures[fut]
+                    err = fut.exception()
+                    if err is None:
+                        records[item.key] = fut.result()
+                    elif data.on_error == "skip":
+                        if item.source.path not in bad_sources:
+                            bad_sources.add(item.source.path)
+                            failed.append({"path": item.source.path, "reason": _reason(err)})
+                    else:
+                        for other in pending:
+                            other.cancel()
+                        if isinstance(err, DetlearnError):
+                            raise err
+                        raise DetlearnError(f"{item.where}: {_reason(err)}") from err
+                    advance()
+    except BaseException:
+        # A failed preparation leaves no empty folder behind that looks like a dataset.
+        _remove_empty(made)
+        raise
     # A worker killed while writing a shard (a dask worker, whose work another one redid)
     # leaves its temp file; every worker is done now.
     _remove_temp_files(shard_dir)
@@ -374,10 +379,7 @@ def prepare(
     ]
     rows = sum(s["rows"] for s in shards)
     if rows == 0:
-        # A failed preparation leaves no empty folder behind that looks like a dataset.
-        for folder in reversed(made):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        _remove_empty(made)
         if not shards and failed:
             reasons = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
             more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
@@ -480,6 +482,13 @@ def _tally_warnings(shards: list[dict[str, Any]]) -> list[str]:
             )
         )
     return messages
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders this preparation created (innermost first) that are still empty."""
+    for folder in reversed(made):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _sources(shards: list[dict[str, Any]]) -> list[str]:

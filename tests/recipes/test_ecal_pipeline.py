@@ -149,6 +149,7 @@ def test_jagged_branches_whose_lengths_disagree_name_the_event_and_branch(tmp_pa
     path = _write(tmp_path / "bad.root", [2, 3, 1], x_len=[2, 4, 1], with_truth=True)
     with pytest.raises(DetlearnError, match=r"event 2: branch 'x' has 4 hits, nHits says 3"):
         prepare(_user_config([str(path)]), tmp_path / "ds", progress=False)
+    assert not (tmp_path / "ds").exists()  # no empty dataset folder left behind
 
 
 def test_a_users_file_takes_label_and_mass_from_the_config(tmp_path):
