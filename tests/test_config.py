@@ -69,6 +69,16 @@ def test_relative_inputs_resolve_against_config_folder(tmp_path):
     assert cfg.data.inputs == [str(tmp_path / "cfg" / "sim/*.root"), "/abs/x.root:events"]
 
 
+def test_a_string_input_resolves_against_the_config_and_set_against_the_cwd(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"inputs": "sim/a.root"}}))
+    assert load_config(path).data.inputs == [str(tmp_path / "cfg" / "sim" / "a.root")]
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, {"data": {"inputs": ["here.root"]}})  # typed on the command line
+    assert cfg.data.inputs == [str(tmp_path / "here.root")]
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(DetlearnError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

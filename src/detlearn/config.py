@@ -746,7 +746,8 @@ def config_from_raw(
     """Validate ``raw`` (read from ``path``) merged over ``defaults`` (a recipe's config), with
     ``overrides`` (``--set``) merged over both, by :func:`merge_layers`.
 
-    Relative input paths are resolved against the config file's folder. Each column remembers
+    Relative input paths are resolved against the config file's folder in the file, against
+    the current directory in ``overrides`` (``--set``, typed there). Each column remembers
     the layer it came from (:meth:`DataConfig.column_origin`, for error messages). A
     ``training.max_epochs`` set in a higher layer than ``training.min_steps`` wins: min_steps
     is set to 0 there, so the user's ``max_epochs: 2`` is not stretched to make a recipe's
@@ -756,15 +757,13 @@ def config_from_raw(
     recipe = deep_merge(raw, overrides or {}).get("recipe")
     layers: list[Layer] = [
         (f"recipe {recipe}'s defaults", defaults or {}),
-        (str(path), raw),
-        ("--set", overrides or {}),
+        (str(path), _with_inputs_resolved(raw, path.parent)),
+        ("--set", _with_inputs_resolved(overrides or {}, Path.cwd())),
     ]
     merged, origin = merge_layers(layers)
     names = [name for name, _ in layers]
     note = _explicit_epochs(merged, origin, names)
-    data = merged.setdefault("data", {})
-    if isinstance(data, dict) and isinstance(data.get("inputs"), list):
-        data["inputs"] = [_relative_to(item, path.parent) for item in data["inputs"]]
+    merged.setdefault("data", {})
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as err:
@@ -810,6 +809,21 @@ def _explicit_epochs(
         f"training.max_epochs {training.get('max_epochs')} from {names[epochs]} wins over "
         f"training.min_steps {training['min_steps']} from {names[steps]}"
     )
+
+
+def _with_inputs_resolved(layer: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``layer`` with the relative paths of its ``data.inputs`` (one string or a list)
+    resolved against ``folder``."""
+    data = layer.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), (str, list)):
+        return layer
+    inputs = data["inputs"]
+    resolved: Any = (
+        _relative_to(inputs, folder)
+        if isinstance(inputs, str)
+        else [_relative_to(item, folder) for item in inputs]
+    )
+    return {**layer, "data": {**data, "inputs": resolved}}
 
 
 def _relative_to(item: Any, folder: Path) -> Any:
