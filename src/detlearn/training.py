@@ -10,9 +10,10 @@ regression loss for the :class:`~detlearn.models.Regressor`, which names it in
   a cosine down to lr / 100, stepped per batch; gradients are clipped to norm 5.
 - Early stopping on ``val_loss``; checkpoints ``run_dir/checkpoints/best.ckpt`` and
   ``last.ckpt`` (Lightning's own, kept only for ``resume`` and read with ``weights_only=True``),
-  each written to a temp file beside it and renamed. Epoch k's shuffle depends on the seed and
-  k alone, so a run killed and resumed ends with the same weights as one never stopped, also
-  from a run folder moved or copied since (its paths are read relative to the folder).
+  each written to a temp file beside it and renamed. Epoch k's shuffle, dropout and training
+  noise depend on the seed and k alone, so a run killed and resumed ends with the same
+  weights as one never stopped, also from a run folder moved or copied since (its paths are
+  read relative to the folder).
 - ``run_dir/history.csv`` (one row per epoch: epoch, train_loss, val_loss, lr, elapsed_s) and
   ``run_dir/loss.png``; the best weights in ``run_dir/model.safetensors`` + ``model.json``.
 - Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains with DDP (gloo on CPU, nccl on
@@ -138,6 +139,15 @@ class DensityModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._started = time.perf_counter()
+
+    def on_train_batch_start(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        # Dropout and training noise (a flow's context_noise) draw from torch's generator:
+        # seeded per epoch, a resumed epoch k draws as the uninterrupted run's epoch k. Seeded
+        # at the first batch: the epoch's data loader iterator draws a seed from the same
+        # generator, after on_train_epoch_start in one case and before it in the other (a
+        # seed there left the resumed run's noise one draw off).
+        if batch_idx == 0:
+            torch.manual_seed(_epoch_seed(self.cfg.seed, self.current_epoch, "noise"))
 
     def on_train_epoch_end(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -275,9 +285,13 @@ class _EpochShuffle(RandomSampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the order for ``epoch`` (counted from 0)."""
-        self.generator.manual_seed(
-            int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-        )
+        self.generator.manual_seed(_epoch_seed(self.seed, epoch, "shuffle"))
+
+
+def _epoch_seed(seed: int, epoch: int, stream: str) -> int:
+    """A seed for one random ``stream`` of one epoch, from the run's seed and the epoch alone."""
+    key = [seed % 2**64, epoch, *stream.encode()]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
 
 
 class _RunFolderCheckpoint(ModelCheckpoint):

@@ -250,6 +250,8 @@ TRAIN_SETS = [
     "--set=training.batch_size=100",
     "--set=training.max_epochs=10",
     "--set=training.patience=100",
+    # Training noise: drawn from torch's generator, which the resumed run seeds afresh.
+    "--set=model.flow.context_noise={p: 0.1}",
 ]
 
 
@@ -257,8 +259,9 @@ def test_train_killed_resumes_bit_for_bit_in_a_moved_folder(flat_dataset, tmp_pa
     """``detlearn train`` into a folder holding an earlier run, killed after its first
     checkpoint: the folder is no run any more (``sample`` refuses it; the old run.json stayed
     beside new weights), and ``--resume`` of that folder moved elsewhere ends with the weights
-    of an uninterrupted run, bit for bit (resumed epochs replayed epoch 0's shuffles, and a
-    moved folder resumed from the original folder's best checkpoint, its best score lost)."""
+    of an uninterrupted run, bit for bit (resumed epochs replayed epoch 0's shuffles and
+    training noise, and a moved folder resumed from the original folder's best checkpoint,
+    its best score lost)."""
     config, ds = flat_dataset
     run, log = tmp_path / "run", tmp_path / "log"
     old = runner.invoke(
