@@ -414,6 +414,26 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_half_file(tmp_pat
     assert resumed.epochs == 3
 
 
+def test_weights_on_a_full_disk_are_one_line(tmp_path, monkeypatch):
+    """safetensors raises its own error type for I/O errors, which the command line printed as
+    a traceback."""
+    import safetensors
+
+    from detlearn.config import FlowConfig
+    from detlearn.models import ConditionalFlow, save_model
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise safetensors.SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    flow = ConditionalFlow(1, 1, FlowConfig(hidden=[8], transforms=1, bins=4))
+    with pytest.raises(DetlearnError, match=r"model\.safetensors: disk full"):
+        save_model(flow, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_figure_on_a_full_disk_is_one_line_and_leaves_no_half_png(tmp_path, monkeypatch):
     """Figures went straight to their final name: a kill or a full disk left half a PNG."""
     import matplotlib.pyplot as plt

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,15 @@ def save_model(model: torch.nn.Module, directory: str | Path) -> Path:
     model_class(spec["kind"])
     weights = directory / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
-        # save_model (not save_file) de-duplicates tensors that share storage.
-        safetensors.torch.save_model(model, str(tmp), metadata={"kind": spec["kind"]})
+        try:
+            # save_model (not save_file) de-duplicates tensors that share storage.
+            safetensors.torch.save_model(model, str(tmp), metadata={"kind": spec["kind"]})
+        except safetensors.SafetensorError as err:
+            # Its I/O errors are not OSErrors: made one, a full disk is one line naming the file.
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), str(err)) from err
     atomic_write_json(directory / SPEC_FILE, {**spec, _CHECKSUM_KEY: file_checksum(weights)})
     return weights
 
