@@ -27,7 +27,7 @@ RECIPE = Recipe(
     extract=extract,
     config=Path(__file__).with_name("recipe.yaml"),
     simulate_options=KLMSimConfig,
-    # ~4 M photon rows. The count model learns from one row per event, so it is the events
+    # ~3.4 M photon rows. The count model learns from one row per event, so it is the events
     # that set its accuracy.
     demo_events=12_000,
     # A fixed epoch budget, so the cosine schedule anneals fully, over a 1.5 M-photon subset
