@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_json",
     "file_checksum",
     "read_json_object",
+    "remove_temp_files",
 ]
 
 
@@ -116,3 +117,11 @@ def file_checksum(path: Path) -> str:
             return f"xxh3:{xxhash.xxh3_64_hexdigest(b'')}"
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return f"xxh3:{xxhash.xxh3_64_hexdigest(view)}"
+
+
+def remove_temp_files(folder: Path, names: str = "*") -> None:
+    """Remove the temp files :func:`atomic_path` left in ``folder`` for files matching the glob
+    ``names`` (``.<name>.<random>.tmp``): a killed writer's, which no rerun would reuse."""
+    if folder.is_dir():
+        for stale in folder.glob(f".{names}.*.tmp"):
+            stale.unlink(missing_ok=True)

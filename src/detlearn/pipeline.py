@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from detlearn._files import atomic_write_bytes
+from detlearn._files import atomic_write_bytes, remove_temp_files
 from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config, validate_options
 from detlearn.errors import DetlearnError
 from detlearn.families import export_run, get_family, train
@@ -127,9 +127,7 @@ def simulate(
                     f"{path}: {why}, so this simulate would not write it, and prepare would read "
                     "it beside the new files; choose an empty folder (--out) or remove it"
                 )
-    # A killed simulate's temp files (its simulator's names: .<name>.root.<random>.tmp).
-    for stale in out_dir.glob(".*.root.*.tmp") if out_dir.is_dir() else []:
-        stale.unlink(missing_ok=True)
+    remove_temp_files(out_dir, "*.root")  # a killed simulate's
     files = rec.simulate(out_dir, events, seed, options)
     written = {Path(f).name for f in files}
     left = [p for p in sorted(out_dir.glob("*.root")) if p.name not in written]

@@ -27,7 +27,7 @@ import awkward as ak
 import numpy as np
 
 from detlearn import __version__
-from detlearn._files import atomic_write_json
+from detlearn._files import atomic_write_json, remove_temp_files
 from detlearn._progress import progress as show_progress
 from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError, DetlearnWarning
@@ -319,7 +319,7 @@ def prepare(
     shard_dir = out / "shards"
     made = [p for p in (out, shard_dir) if not p.exists()]
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _remove_temp_files(shard_dir)  # left by a killed run
+    remove_temp_files(shard_dir)  # left by a killed run
 
     records: dict[str, dict[str, Any]] = {}
     todo: list[WorkItem] = []
@@ -372,7 +372,7 @@ def prepare(
         raise
     # A worker killed while writing a shard (a dask worker, whose work another one redid)
     # leaves its temp file; every worker is done now.
-    _remove_temp_files(shard_dir)
+    remove_temp_files(shard_dir)
 
     shards = [
         records[i.key] for i in items if i.key in records and i.source.path not in bad_sources
@@ -435,12 +435,6 @@ def prepare(
         zero_weight=weights["zero"] if weights else None,
         negative_weight=weights["negative"] if weights else None,
     )
-
-
-def _remove_temp_files(shard_dir: Path) -> None:
-    """Remove the temp files of shards (``.<name>.<random>.tmp``) from ``shard_dir``."""
-    for stale in shard_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 def _weight_totals(shards: list[dict[str, Any]], data: DataConfig) -> dict[str, Any] | None:

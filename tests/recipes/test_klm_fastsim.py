@@ -102,7 +102,10 @@ def test_a_rerun_keeps_finished_files_and_writes_the_missing_ones(run, tmp_path)
     files = fastsim(run / "run", tmp_path, events=200, seed=1)
     stamps = [f.stat().st_mtime_ns for f in files]
     files[1].unlink()
+    stale = tmp_path / ".fastsim_0001.edm4hep.root.k1lled.tmp"  # what a kill leaves
+    stale.write_bytes(b"half a file")
     again = fastsim(run / "run", tmp_path, events=200, seed=1)
+    assert not stale.exists()
     assert again == files and again[0].stat().st_mtime_ns == stamps[0]
     assert read_provenance(again[1]) == read_provenance(files[1])
     # Another seed is another job: its files replace these, none is kept.

@@ -11,10 +11,11 @@ detected photon at ``t_hit + Δt``, relations included, in files of ``events_per
 events named ``fastsim_{i:04d}.edm4hep.root``.
 
 What the surrogate does not model is written as documented placeholders: the primary's
-energy deposit (0), and per photon its emission point and time (the track's crossing of the
-reference plane at ``t_hit``), its direction (+z, towards the sensor) and path length (the
-straight distance to the sensor). The reader takes neither; a downstream step that needs them
-must not use these files.
+energy deposit (0), and per photon its emission point (the track's crossing of the reference
+plane), its direction (+z, towards the sensor), its path length (the straight distance to the
+sensor) and its emission time (the arrival time less that path at the group velocity, so that
+no photon seems to outrun light: prepare's causality check reads these). The reader takes none
+of them for the model's rows; a downstream step that needs them must not use these files.
 
 Each file carries a ``detlearn`` provenance record (:mod:`detlearn.io.provenance`) naming the
 run, the seed and its place in the sequence: a killed job rerun with the same arguments keeps
@@ -33,10 +34,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from detlearn import __version__
+from detlearn._files import remove_temp_files
 from detlearn._progress import track
 from detlearn.errors import DetlearnError
 from detlearn.io.provenance import read_provenance
 from detlearn.recipes.klm_timing.simulate import (
+    C_MM_PER_NS,
     KLMEvents,
     KLMSimConfig,
     gun_contexts,
@@ -91,17 +94,19 @@ def fast_events(
     counts, event, dt = surrogate.simulate_events(contexts, seed=seed)
     primary = primary_kinematics(contexts[:, 0], contexts[:, 1], contexts[:, 2], cfg)
     t_hit = primary["t_hit"]
-    z_hit = primary["z_hit"][event].astype(np.float32)
+    z_hit = primary["z_hit"][event]
+    arrival = t_hit[event] + dt[:, 0]
+    path = cfg.sensor_z - z_hit
     return KLMEvents(
         **primary,
         e_dep=np.zeros(len(counts)),
         n_photons=counts,
         photon_event=event.astype(np.int32),
-        photon_time=(t_hit[event] + dt[:, 0]).astype(np.float32),
-        photon_emit_time=t_hit[event].astype(np.float32),
+        photon_time=arrival.astype(np.float32),
+        photon_emit_time=(arrival - path * cfg.group_index / C_MM_PER_NS).astype(np.float32),
         photon_x=np.full(len(event), cfg.x_ref, np.float32),
-        photon_z=z_hit,
-        photon_path=(cfg.sensor_z - z_hit).astype(np.float32),
+        photon_z=z_hit.astype(np.float32),
+        photon_path=path.astype(np.float32),
         photon_cos=np.ones(len(event), np.float32),
     )
 
@@ -173,6 +178,7 @@ def fastsim(
         raise DetlearnError(f"{out_dir}: is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_folder(out_dir, expected)
+    remove_temp_files(out_dir, "fastsim_*.root")  # a killed fastsim's
     seeds = np.random.SeedSequence(seed).spawn(len(starts))
     written = []
     for i in track(range(len(starts)), "fast-simulating KLM events"):
