@@ -283,3 +283,18 @@ def test_a_regressor_writes_the_same_sidecar_contract(tmp_path):
     assert list(sidecar.context_ranges) == ["a", "b"] and sidecar.outputs["y"].unit == "GeV"
     assert isinstance(sidecar.normalization["inputs"].center_folded, bool)
     assert sidecar.support["y"].lower is None and sidecar.support["y"].upper is None
+
+
+def test_an_export_removes_an_earlier_exports_graphs_and_keeps_other_files(exported, tmp_path):
+    tmp, _ = exported
+    export = tmp_path / "export"
+    export_run(tmp / "run", export, rows=64)
+    stale = json.loads((export / "count.json").read_text()) | {"model": "old.onnx"}
+    (export / "old.json").write_text(json.dumps(stale))  # a graph this run no longer has
+    (export / "old.onnx").write_bytes((export / "count.onnx").read_bytes())
+    (export / "notes.json").write_text('{"mine": true}')  # not a detlearn sidecar
+    (export / "notes.onnx").write_bytes(b"user's own")
+    export_run(tmp / "run", export, rows=64)
+    names = {p.name for p in export.iterdir()}
+    assert not {"old.json", "old.onnx"} & names
+    assert {"notes.json", "notes.onnx", "sample.onnx", "count.json"} <= names

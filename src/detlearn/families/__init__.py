@@ -21,6 +21,7 @@ from typing import Any
 
 from detlearn.config import RunConfig
 from detlearn.errors import DetlearnError
+from detlearn.export.sidecar import read_sidecar
 from detlearn.families.base import Family
 from detlearn.families.classifier import CLASSIFIER
 from detlearn.families.flow import FLOW
@@ -75,8 +76,25 @@ def export_run(
     run_dir: str | Path, out: str | Path | None = None, rows: int = 4096, seed: int = 0
 ) -> dict[str, Any]:
     """Export a run's model to ONNX with its sidecar (into ``out``, default ``run_dir/export``),
-    checked with onnxruntime on ``rows`` held-out inputs; returns the sidecar contents."""
+    checked with onnxruntime on ``rows`` held-out inputs; returns the sidecar contents.
+
+    A graph an earlier export left in ``out`` that this run does not have (a ``count.onnx`` of
+    a model trained before without a count model) is removed with its sidecar, so the folder
+    holds one run's graphs; files that are not detlearn graphs are left alone.
+    """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    return get_family(read_run_info(run_dir).family).export(run_dir, out, rows, seed)
+    summary = get_family(read_run_info(run_dir).family).export(run_dir, out, rows, seed)
+    for path in sorted(out.glob("*.json")):
+        graph = path.with_suffix(".onnx")
+        if graph.name in summary["graphs"] or not graph.is_file():
+            continue
+        try:
+            if read_sidecar(path).model != graph.name:
+                continue
+        except DetlearnError:
+            continue  # not a detlearn sidecar: not ours to remove
+        graph.unlink()
+        path.unlink()
+    return summary
