@@ -123,7 +123,7 @@ def test_a_write_that_fails_half_way_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(uproot.writing.writable.WritableTree, "extend", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DetlearnError, match=r"grid_000\.root: disk full"):
         simulate(tmp_path / "sim", 50, 0, {"phi_points": 2, "omega_points": 1})
     assert list((tmp_path / "sim").iterdir()) == []
 
