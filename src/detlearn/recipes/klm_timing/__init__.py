@@ -30,8 +30,9 @@ RECIPE = Recipe(
     # ~3.4 M photon rows. The count model learns from one row per event, so it is the events
     # that set its accuracy.
     demo_events=12_000,
-    # A fixed epoch budget, so the cosine schedule anneals fully, over a 1.5 M-photon subset
+    # A fixed epoch budget, so the cosine schedule anneals fully (patience as long as the
+    # budget: early stopping cut one demo at epoch 8, mid-schedule), over a 1.5 M-photon subset
     # of the training split (the count model sees every event).
-    demo_overrides={"training": {"max_epochs": 20, "max_rows": 1_500_000}},
+    demo_overrides={"training": {"max_epochs": 20, "patience": 20, "max_rows": 1_500_000}},
     fastsim=fastsim,
 )
