@@ -43,6 +43,29 @@ def test_out_pointing_at_a_file_is_a_one_line_error(tmp_path, runner):
     assert target.read_text() == "a user's file"
 
 
+def test_out_onto_a_folder_that_is_not_a_dataset_touches_nothing(tmp_path, runner):
+    path = write_flat(tmp_path / "f.root", n=100)
+    config = flat_config(tmp_path, [str(path)])
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "manifest.json").write_text('{"app": "not detlearn"}')
+    code, lines = _cli(runner, "prepare", config, "--out", theirs, "--quiet")
+    assert code == 2 and len(lines) == 1 and "not a detlearn dataset's manifest" in lines[0]
+    (theirs / "manifest.json").unlink()
+    (theirs / "notes.txt").write_text("mine")
+    code, lines = _cli(runner, "prepare", config, "--out", theirs, "--quiet")
+    assert code == 2 and len(lines) == 1 and "is no detlearn dataset" in lines[0]
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "shards").symlink_to(theirs)
+    code, lines = _cli(runner, "prepare", config, "--out", linked, "--quiet")
+    assert code == 2 and "a symbolic link" in lines[0]
+    # A dataset folder is prepared into again (its shards reused).
+    assert _cli(runner, "prepare", config, "--out", tmp_path / "ds", "--quiet")[0] == 0
+    assert _cli(runner, "prepare", config, "--out", tmp_path / "ds", "--quiet")[0] == 0
+
+
 def test_markup_like_user_text_is_printed_as_it_is(tmp_path, runner):
     path = write_flat(tmp_path / "f.root", n=100)
     config = flat_config(tmp_path, [str(path)], selection="px[/x] > 0")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -307,8 +308,7 @@ def prepare(
     :class:`DetlearnWarning`) after the manifest is written.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DetlearnError(f"{out}: --out is a file, not a dataset folder")
+    _check_out(out)
     data = cfg.data
     t0 = time.perf_counter()
     chash = data_hash(data)
@@ -476,6 +476,33 @@ def _tally_warnings(shards: list[dict[str, Any]]) -> list[str]:
             )
         )
     return messages
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is not a new, empty or dataset folder (prepare writes
+    ``manifest.json`` and ``shards/`` there and removes stale temp files from ``shards/``)."""
+    if out.exists() and not out.is_dir():
+        raise DetlearnError(f"{out}: --out is a file, not a dataset folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    shards, manifest = out / "shards", out / MANIFEST
+    if shards.is_symlink():
+        raise DetlearnError(f"{shards}: a symbolic link; a dataset's shards/ must be its own")
+    if manifest.is_file():
+        try:
+            record = json.loads(manifest.read_bytes())
+        except (OSError, ValueError):
+            record = None
+        if not (isinstance(record, dict) and {"shards", "config_hash"} <= set(record)):
+            raise DetlearnError(
+                f"{manifest}: not a detlearn dataset's manifest; give --out a new, empty or "
+                "dataset folder"
+            )
+    elif not shards.is_dir():
+        raise DetlearnError(
+            f"{out}: holds files but is no detlearn dataset (no manifest.json, no shards/); "
+            "give --out a new, empty or dataset folder"
+        )
 
 
 def _remove_empty(made: list[Path]) -> None:
