@@ -46,3 +46,15 @@ def test_cpu_steal_is_a_non_decreasing_number_of_seconds():
     assert first is not None and first >= 0.0
     time.sleep(0.05)
     assert cpu_steal_s() >= first
+
+
+def test_batches_larger_than_the_inputs_repeat_whole_rows_of_any_shape():
+    images = np.arange(3 * 2 * 4 * 4, dtype=np.float32).reshape(3, 2, 4, 4)
+    got: list[np.ndarray] = []
+
+    def keep(b: np.ndarray) -> None:
+        got.append(b.copy())
+
+    latency_curves({"keep": keep}, images, [7], trials=1, warmup=0, min_trial_s=0.0)
+    assert got[0].shape == (7, 2, 4, 4)
+    np.testing.assert_array_equal(got[0][3:6], images)  # rows, not a tiled last axis

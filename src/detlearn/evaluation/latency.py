@@ -80,7 +80,7 @@ def latency_curves(
     for b in batch_sizes:
         reps = -(-b // len(inputs))
         batches[b] = np.ascontiguousarray(
-            np.tile(inputs, (reps, 1))[:b] if reps > 1 else inputs[:b]
+            np.concatenate([inputs] * reps)[:b] if reps > 1 else inputs[:b]
         )
     calls: dict[tuple[str, int], int] = {}
     per_row: dict[tuple[str, int], list[float]] = {(n, b): [] for n in fns for b in batch_sizes}
