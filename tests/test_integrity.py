@@ -104,7 +104,9 @@ def test_a_training_that_diverges_publishes_no_run(prepared, tmp_path):
 
 def test_a_training_stopped_before_its_first_epoch_publishes_no_run(prepared, tmp_path):
     with pytest.raises(DetlearnError, match="before its first epoch ended"):
-        train(_config(prepared, max_minutes=1e-9), prepared / "ds", tmp_path / "run", progress=False)
+        train(
+            _config(prepared, max_minutes=1e-9), prepared / "ds", tmp_path / "run", progress=False
+        )
     assert not (tmp_path / "run" / "run.json").exists()
 
 

@@ -17,7 +17,9 @@ def test_work_items_print_a_line_per_tenth_without_a_terminal(capsys):
             advance()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 10
-    assert lines[0].startswith("preparing: 2/20 (10 %)") and lines[-1].startswith("preparing: 20/20")
+    assert lines[0].startswith("preparing: 2/20 (10 %)") and lines[-1].startswith(
+        "preparing: 20/20"
+    )
 
 
 def test_quick_work_a_single_item_and_disabled_progress_print_nothing(capsys):
