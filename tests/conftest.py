@@ -12,6 +12,18 @@ from typer.testing import CliRunner
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+#: A klm-timing run small enough for a test: the recipe's model shrunk, one epoch, one worker
+#: (tests merge in what they need beside it).
+KLM_TINY = {
+    "model": {
+        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
+        "count_hidden": [8],
+        "count_max_epochs": 2,
+    },
+    "training": {"max_epochs": 1, "batch_size": 4096},
+    "executor": {"workers": 1},
+}
+
 
 def write_flat(
     path: Path, n: int = 1000, seed: int = 0, tree: str = "Events", nan_rows: int = 0

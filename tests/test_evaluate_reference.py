@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import KLM_TINY
 
 from detlearn.cli import app
 from detlearn.config import deep_merge, validate_config
@@ -16,15 +17,7 @@ from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
 from detlearn.recipes.klm_timing.simulate import KLMSimConfig, simulate_events, write_edm4hep
 
-TINY = {
-    "model": {
-        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
-        "count_hidden": [8],
-        "count_max_epochs": 1,
-    },
-    "training": {"max_epochs": 1, "batch_size": 4096},
-    "executor": {"workers": 1},
-}
+TINY = deep_merge(KLM_TINY, {"model": {"count_max_epochs": 1}})
 
 # Contexts of the test split may fall outside a 300-event training range.
 pytestmark = pytest.mark.filterwarnings("ignore::detlearn.runs.surrogate.ContextRangeWarning")

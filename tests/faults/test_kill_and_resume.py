@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -169,16 +170,7 @@ def _shards(root: Path) -> list[dict]:
 
 # --- fixtures ------------------------------------------------------------------------------
 
-KLM_TINY = {
-    "simulate": {"events_per_file": 150},
-    "model": {
-        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
-        "count_hidden": [8],
-        "count_max_epochs": 2,
-    },
-    "training": {"max_epochs": 1, "batch_size": 4096},
-    "executor": {"workers": 1},
-}
+KLM_TINY = deep_merge(conftest.KLM_TINY, {"simulate": {"events_per_file": 150}})
 
 
 @pytest.fixture(scope="module")

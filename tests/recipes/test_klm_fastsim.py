@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
+from conftest import KLM_TINY
 from rich.console import Console
 
 from detlearn.cli import app
@@ -27,17 +28,16 @@ from detlearn.runs.surrogate import ContextRangeWarning
 # A 300-event run spans less of the simulator's range than the contexts drawn here.
 pytestmark = pytest.mark.filterwarnings("ignore::detlearn.runs.surrogate.ContextRangeWarning")
 
-TINY = {
-    "simulate": {"events_per_file": 150},
-    "model": {
-        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
-        "count_hidden": [8],
-        "count_max_epochs": 2,
+TINY = deep_merge(
+    KLM_TINY,
+    {
+        "simulate": {"events_per_file": 150},
+        "evaluation": {
+            "max_rows": 2000,
+            "options": {"reference_events": 100, "closure_events": 50},
+        },
     },
-    "training": {"max_epochs": 1, "batch_size": 4096},
-    "evaluation": {"max_rows": 2000, "options": {"reference_events": 100, "closure_events": 50}},
-    "executor": {"workers": 1},
-}
+)
 
 
 @pytest.fixture(scope="module")

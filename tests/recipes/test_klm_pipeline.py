@@ -5,23 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import KLM_TINY
 from rich.console import Console
 
 from detlearn.cli import app
+from detlearn.config import deep_merge
 from detlearn.errors import DetlearnError
 from detlearn.pipeline import run_recipe
 from detlearn.recipes.klm_timing.evaluate import TARGETS
 
-TINY = {
-    "model": {
-        "flow": {"transforms": 1, "bins": 8, "hidden": [16]},
-        "count_hidden": [8],
-        "count_max_epochs": 2,
-    },
-    "training": {"max_epochs": 1, "batch_size": 4096},
-    "evaluation": {"max_rows": 3000, "options": {"reference_events": 200, "closure_events": 100}},
-    "executor": {"workers": 1},
-}
+TINY = deep_merge(
+    KLM_TINY,
+    {"evaluation": {"max_rows": 3000, "options": {"reference_events": 200, "closure_events": 100}}},
+)
 
 
 @pytest.fixture(scope="module")
