@@ -29,7 +29,7 @@ from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config, v
 from detlearn.errors import DetlearnError
 from detlearn.families import export_run, get_family, train
 from detlearn.io.dataset import Dataset
-from detlearn.io.provenance import read_provenance
+from detlearn.io.provenance import read_provenance, simulator_difference
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe, load_config
 from detlearn.report import write_report
@@ -82,18 +82,18 @@ def simulator_mismatch(info: RunInfo) -> str | None:
     options = recipe.simulate_options.model_validate(info.config.simulate or {})
     wanted = options.model_dump(mode="json")
     for path, record in records.items():
-        if not record or record.get("writer") != "detlearn simulate":
-            writer = record.get("writer") if record else "no detlearn record: your own file"
-            return f"{path} was not written by it ({writer})"
-        if record.get("recipe") != recipe.name:
-            return f"{path} was written by {record.get('recipe')}'s simulator"
-        have = record.get("options") or {}
-        for key in sorted((set(wanted) | set(have)) - _NOT_PHYSICS):
-            if have.get(key) != wanted.get(key):
-                return (
-                    f"{path} was simulated with {key}={have.get(key)!r}, the run's config says "
-                    f"simulate.{key}={wanted.get(key)!r} (set it to compare with the simulator)"
-                )
+        difference = simulator_difference(record, recipe.name, wanted, _NOT_PHYSICS)
+        if difference is None:
+            continue
+        what, have, want = difference
+        if what == "writer":
+            return f"{path} was not written by it ({have or 'no detlearn record: your own file'})"
+        if what == "recipe":
+            return f"{path} was written by {have}'s simulator"
+        return (
+            f"{path} was simulated with {what}={have!r}, the run's config says "
+            f"simulate.{what}={want!r} (set it to compare with the simulator)"
+        )
     return None
 
 
@@ -145,16 +145,16 @@ def _not_this_job(
 ) -> str | None:
     """Why a file with provenance ``record`` is not one ``recipe``'s simulator writes with
     ``options`` (validated, as JSON) from ``seed``; None when it is."""
-    if not record:
-        return "has no detlearn provenance record (not written by detlearn simulate)"
-    if record.get("writer") != "detlearn simulate":
-        return f"was written by {record.get('writer')}, not detlearn simulate"
-    if record.get("recipe") != recipe:
-        return f"was written by {record.get('recipe')}'s simulator, not {recipe}'s"
-    have = record.get("options") or {}
-    for key in sorted(set(options) | set(have)):
-        if have.get(key) != options.get(key):
-            return f"was simulated with {key}={have.get(key)!r}, not {options.get(key)!r}"
+    difference = simulator_difference(record, recipe, options)
+    if difference is not None:
+        what, have, want = difference
+        if what == "writer" and have is None:
+            return "has no detlearn provenance record (not written by detlearn simulate)"
+        if what == "writer":
+            return f"was written by {have}, not detlearn simulate"
+        if what == "recipe":
+            return f"was written by {have}'s simulator, not {want}'s"
+        return f"was simulated with {what}={have!r}, not {want!r}"
     if record.get("seed") != seed:
         return f"was simulated with seed {record.get('seed')}, not {seed}"
     return None

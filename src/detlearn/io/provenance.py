@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,18 @@ from uproot.models.TObjString import Model_TObjString
 
 from detlearn import __version__
 
-__all__ = ["PROVENANCE_KEY", "read_provenance", "simulator_provenance", "write_provenance"]
+__all__ = [
+    "PROVENANCE_KEY",
+    "read_provenance",
+    "simulator_difference",
+    "simulator_provenance",
+    "write_provenance",
+]
 
 #: Name of the record in the file.
 PROVENANCE_KEY = "detlearn"
+#: The writer a recipe's built-in simulator records.
+SIMULATOR = "detlearn simulate"
 #: The longest record read back [characters]; a longer one is not detlearn's.
 _MAX_CHARS = 65_536
 
@@ -38,13 +46,34 @@ def simulator_provenance(recipe: str, options: BaseModel, seed: int, file: int) 
     """The record of file number ``file`` written by ``recipe``'s built-in simulator with
     ``options`` (its validated ``simulate`` settings) from master ``seed``."""
     return {
-        "writer": "detlearn simulate",
+        "writer": SIMULATOR,
         "recipe": recipe,
         "detlearn_version": __version__,
         "options": options.model_dump(mode="json"),
         "seed": seed,
         "file": file,
     }
+
+
+def simulator_difference(
+    record: Mapping[str, Any] | None,
+    recipe: str,
+    options: Mapping[str, Any],
+    ignore: Collection[str] = (),
+) -> tuple[str, Any, Any] | None:
+    """The first way a file's ``record`` is not one ``recipe``'s simulator writes with
+    ``options`` (validated, as JSON; keys in ``ignore`` may differ): ``("writer", have, want)``
+    (``have`` None without a record), ``("recipe", have, want)`` or ``(option, have, want)``;
+    None when there is none. The seed is not compared."""
+    if not record or record.get("writer") != SIMULATOR:
+        return ("writer", record.get("writer") if record else None, SIMULATOR)
+    if record.get("recipe") != recipe:
+        return ("recipe", record.get("recipe"), recipe)
+    have = record.get("options") or {}
+    for key in sorted((set(options) | set(have)) - set(ignore)):
+        if have.get(key) != options.get(key):
+            return (key, have.get(key), options.get(key))
+    return None
 
 
 def write_provenance(file: Any, record: Mapping[str, Any]) -> None:
