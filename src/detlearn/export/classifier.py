@@ -22,14 +22,7 @@ import numpy as np
 import torch
 
 from detlearn.errors import DetlearnError
-from detlearn.export.onnx import (
-    OPSET,
-    PARITY_ATOL,
-    PARITY_RTOL,
-    check_parity,
-    export_onnx,
-    session,
-)
+from detlearn.export.onnx import OPSET, check_relative_parity, export_onnx, session
 from detlearn.export.sidecar import (
     Preprocessing,
     Sidecar,
@@ -75,14 +68,7 @@ def export_classifier(run_dir: Path, out: Path, rows: int = 4096, seed: int = 0)
     got = session(path).run(["logit"], dict(zip(names, arrays, strict=True)))[0]
     with torch.inference_mode():
         want = model(*(torch.from_numpy(a) for a in arrays)).numpy()
-    checked = check_parity(
-        got,
-        want,
-        PARITY_ATOL + PARITY_RTOL * np.abs(want.astype(np.float64)),
-        f"|onnx - torch| <= {PARITY_ATOL:g} + {PARITY_RTOL:g} |torch| (logit), on the run's "
-        "test events",
-        path,
-    )
+    checked = check_relative_parity(got, want, "(logit), on the run's test events", path)
     notes = {
         "images": "hit images: preprocessing.image",
         "hits": "the hardest preprocessing.max_hits hits, features preprocessing.hits",

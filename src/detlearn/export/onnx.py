@@ -26,6 +26,7 @@ __all__ = [
     "PARITY_ATOL",
     "PARITY_RTOL",
     "check_parity",
+    "check_relative_parity",
     "export_onnx",
     "session",
 ]
@@ -90,6 +91,20 @@ def session(model: str | Path | bytes) -> ort.InferenceSession:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def check_relative_parity(
+    got: np.ndarray, want: np.ndarray, compared: str, what: str | Path
+) -> Parity:
+    """:func:`check_parity` at the common tolerance ``PARITY_ATOL + PARITY_RTOL |want|``;
+    ``compared`` completes the criterion (what was compared, on which inputs)."""
+    return check_parity(
+        got,
+        want,
+        PARITY_ATOL + PARITY_RTOL * np.abs(np.asarray(want, np.float64)),
+        f"|onnx - torch| <= {PARITY_ATOL:g} + {PARITY_RTOL:g} |torch| {compared}",
+        what,
+    )
 
 
 def check_parity(
