@@ -18,6 +18,7 @@ from detlearn.families import export_run, train
 from detlearn.pipeline import evaluate, run_recipe
 from detlearn.prepare import prepare
 from detlearn.recipes import get_recipe
+from detlearn.recipes.ecal_veto.evaluate import fiducial_columns
 from detlearn.runs.classification import Classifier, network_inputs
 
 SMALL = {
@@ -49,6 +50,11 @@ def test_the_demo_path_writes_a_report_per_mass_and_an_exported_cnn(demo):
     assert [r["mass [MeV]"] for r in rows] == [1.0, 5.0, 100.0]
     assert [r["in training"] for r in rows] == [True, False, True]
     assert all(0 <= r["AUC"] <= 1 for r in rows)
+    # Scored on fiducial events (the simulator writes the recoil angles), each sample's
+    # fiducial fraction beside its figures.
+    assert metrics["metrics"]["fiducial"]["used"] is True
+    assert 0.5 < metrics["metrics"]["fiducial"]["background_fraction"] < 1
+    assert all(0 < r["fiducial fraction"] <= 1 for r in rows)
     # A few hundred background events cannot resolve eff_B = 1e-3: no number is printed.
     assert all(r["ε_S at ε_B=0.001"] is None for r in rows)
     generic = metrics["sections"][0]["metrics"]
@@ -166,6 +172,12 @@ def test_a_users_file_takes_label_and_mass_from_the_config(tmp_path):
     assert sorted(rows["label"].tolist()) == [0, 0, 1, 1, 1]
     assert ak.to_list(ak.num(rows["E"])).count(0) == 1  # the empty signal event is a row
     assert ak.all(ak.num(rows["layer"]) == ak.num(rows["E"]))  # layers from z when absent
+    # Without the recoil angles, evaluation scores every event, or refuses when told not to.
+    assert fiducial_columns(tmp_path / "ds", "auto") == []
+    with pytest.raises(DetlearnError, match=r"ds: .*no recoilTheta, recoilPhi column"):
+        fiducial_columns(tmp_path / "ds", True)
+    with pytest.raises(DetlearnError, match=r"evaluation.options.fiducial: expected auto"):
+        fiducial_columns(tmp_path / "ds", "yes")
     with pytest.raises(DetlearnError, match="'label'"):
         prepare(_user_config([str(sig)]), tmp_path / "ds2", progress=False)
 

@@ -161,6 +161,21 @@ def test_some_background_shows_no_more_than_a_recoil_shower(samples):
     assert bare.mean() > 0.02
 
 
+def test_events_without_an_ecal_hit_are_those_whose_recoil_leaves_the_flower(samples):
+    # The evaluation's fiducial selection: a recoil electron inside the flower from the front
+    # to 5 X0 showers in the ECal; the empty events (which no ECal veto can split) are the
+    # others. 3000 background events hold ~19 empty ones (0.6 %), the contained ones ~0.
+    for mass, arrays in samples.items():
+        inside = geo.contained(ak.to_numpy(arrays.recoilTheta), ak.to_numpy(arrays.recoilPhi), 5.0)
+        empty = ak.to_numpy(arrays.nHits) == 0
+        if mass is None:
+            assert (empty & ~inside).sum() >= 5
+            assert (empty & inside).sum() <= 1
+        else:  # a few low-energy recoils stay below threshold (~0.5 %)
+            assert (empty & ~inside).mean() > 0.1
+            assert (empty & inside).sum() / inside.sum() < 0.015
+
+
 def test_a_contained_forward_recoil_shower_reads_back_its_energy():
     events = simulate_sample(1.0, 2000, seed=4, cfg=EcalSimConfig(threads=1))
     event = np.repeat(np.arange(len(events)), events.n_hits)

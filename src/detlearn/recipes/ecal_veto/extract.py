@@ -27,7 +27,15 @@ __all__ = ["HIT_BRANCHES", "TRUTH_BRANCHES", "extract"]
 #: The per-hit branches every file must have, and the optional one.
 HIT_BRANCHES = ("x", "y", "z", "E")
 #: Per-event truth branches the built-in simulator writes (read when present).
-TRUTH_BRANCHES = ("label", "mass", "recoilE", "recoilTheta", "pnDepth", "pnTopology")
+TRUTH_BRANCHES = (
+    "label",
+    "mass",
+    "recoilE",
+    "recoilTheta",
+    "recoilPhi",
+    "pnDepth",
+    "pnTopology",
+)
 
 
 def _nearest_layer(z: ak.Array) -> ak.Array:

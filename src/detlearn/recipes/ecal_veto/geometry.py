@@ -63,6 +63,7 @@ __all__ = [
     "CellGrid",
     "cell_center",
     "cell_grid",
+    "contained",
     "depth_to_z",
     "hex_cell",
     "in_flower",
@@ -188,6 +189,23 @@ def in_flower(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     rel = p[..., None, :] - MODULE_CENTERS
     flat_distance = np.abs(rel @ _MODULE_NORMALS.T).max(axis=-1)
     return (flat_distance <= MODULE_RADIUS).any(axis=-1)
+
+
+def contained(theta: np.ndarray, phi: np.ndarray, depth: float) -> np.ndarray:
+    """Whether a particle from the target (the origin) at polar angle ``theta`` and azimuth
+    ``phi`` [rad], on a straight line, is inside the flower both at the ECal front and at
+    ``depth`` [X₀] in the stack (a module gap at either plane counts as outside).
+
+    Example:
+        >>> contained(np.array([0.1, 0.6, 0.75]), np.zeros(3), 5.0).tolist()
+        [True, True, False]
+    """
+    tan = np.tan(np.minimum(np.asarray(theta, np.float64), 1.5))
+    cos, sin = np.cos(phi), np.sin(phi)
+    inside = np.ones(tan.shape, dtype=bool)
+    for z in (ECAL_FRONT_Z, float(depth_to_z(np.float64(depth)))):
+        inside &= in_flower(z * tan * cos, z * tan * sin)
+    return inside
 
 
 @dataclass(frozen=True)
