@@ -15,6 +15,7 @@ from detlearn.errors import DetlearnError
 from detlearn.evaluation.classification import (
     auc,
     auc_interval,
+    mean_working_point_interval,
     min_misclassification_point,
     roc_curve,
     summarize,
@@ -199,6 +200,45 @@ def test_working_point_interval_covers_the_population_eff_s_and_exceeds_the_bino
     assert np.mean(halves) == pytest.approx(spread, rel=0.3)
     # Where the cut falls matters more than the binomial count of signal at a fixed cut.
     assert np.mean(halves) > 1.5 * np.mean(binomial)
+
+
+def _shared_background_samples(seed, shifts=(0.0, 0.5, 1.0), n_s=1000, n_b=3000):
+    """Signal samples N(1 + shift, 1) that share one N(-1, 1) background, scored per sample
+    with a sample-dependent offset (as a mass hypothesis would)."""
+    rng = np.random.default_rng(seed)
+    bkg = rng.normal(-1.0, 1.0, n_b)
+    return [(rng.normal(1.0 + d, 1.0, n_s), bkg + 0.1 * d) for d in shifts]
+
+
+def test_mean_working_point_interval_is_the_spread_of_the_mean_over_new_samples():
+    target, reps = 1e-2, 60
+    means, halves = [], []
+    for r in range(reps):
+        samples = _shared_background_samples(300 + r)
+        m, lo, hi = mean_working_point_interval(samples, target, resamples=100, seed=r)
+        each = [working_point(*_scored(sig, bkg), target).eff_s for sig, bkg in samples]
+        assert m == pytest.approx(np.mean(each)) and lo <= m <= hi
+        means.append(m)
+        halves.append((hi - lo) / 2)
+    spread = np.std(means, ddof=1)  # ~9 % relative noise from 60 replicas
+    assert np.mean(halves) == pytest.approx(spread, rel=0.3)
+    # The mean of the per-sample half-widths (errors taken as fully correlated) is wider:
+    # the signal samples are independent, only the background is shared.
+    samples = _shared_background_samples(7, n_s=300)
+    per_sample = [working_point_interval(*_scored(sig, bkg), target) for sig, bkg in samples]
+    m, lo, hi = mean_working_point_interval(samples, target)
+    assert (hi - lo) / 2 < 0.9 * np.mean([(h - lo_) / 2 for _, lo_, h in per_sample])
+
+
+def test_mean_working_point_interval_refuses_backgrounds_of_other_events():
+    (sig, bkg), *_ = _shared_background_samples(1)
+    with pytest.raises(DetlearnError, match="the same 3000 events, got 2999"):
+        mean_working_point_interval([(sig, bkg), (sig, bkg[1:])], 1e-2)
+    assert all(math.isnan(x) for x in mean_working_point_interval([(sig, bkg)], 1e-4))
+
+
+def _scored(sig, bkg):
+    return np.concatenate([sig, bkg]), np.concatenate([np.ones(len(sig)), np.zeros(len(bkg))])
 
 
 def test_unresolved_target_gives_nan_numbers_and_says_how_many_events_it_needs():

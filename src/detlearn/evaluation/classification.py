@@ -44,6 +44,7 @@ __all__ = [
     "WorkingPoint",
     "auc",
     "auc_interval",
+    "mean_working_point_interval",
     "min_misclassification_point",
     "roc_curve",
     "summarize",
@@ -131,6 +132,7 @@ class _Events:
     signal: np.ndarray  # [n] bool, sorted
     w: np.ndarray  # [n] weights, sorted (ones if unweighted)
     weighted: bool
+    order: np.ndarray  # [n] the input index of each sorted event
 
     @property
     def n_signal(self) -> int:
@@ -187,6 +189,7 @@ def _events(scores: Any, labels: Any, weights: Any, where: str) -> _Events:
         signal=is_signal[order],
         w=w[order],
         weighted=weights is not None,
+        order=order,
     )
 
 
@@ -478,6 +481,71 @@ def working_point_interval(
         return math.nan, math.nan, math.nan
     _, eff_s = _bootstrap(ev, resamples, seed, np.array([float(eff_b_target)]))
     return (wp.eff_s, *_interval(eff_s[:, 0], level))
+
+
+def mean_working_point_interval(
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    eff_b_target: float,
+    min_background: float = 10,
+    resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.68,
+) -> tuple[float, float, float]:
+    """The mean over signal samples of eff_s at eff_b ≤ ``eff_b_target``, with a bootstrap
+    interval of that mean, for samples that share one background.
+
+    ``samples`` holds per signal sample (its signal scores, the background's scores); every
+    background array scores the same events in the same order (e.g. under that sample's mass
+    hypothesis). Each resample draws the background once, shared by every sample, and each
+    signal sample on its own, re-derives every sample's cut and averages: the interval holds
+    the correlation through the shared background, and the independent signal samples' errors
+    average down, as those of a mean do (unlike the mean of per-sample intervals).
+
+    Returns:
+        (the mean eff_s, lower end, upper end); all NaN if any sample's point is unresolved.
+
+    Example:
+        >>> rng = np.random.default_rng(3)
+        >>> bkg = rng.normal(-1, 1, 5000)
+        >>> samples = [(rng.normal(1, 1, 1000), bkg), (rng.normal(1.5, 1, 1000), bkg + 0.1)]
+        >>> m, lo, hi = mean_working_point_interval(samples, 1e-2)
+        >>> lo < m < hi
+        True
+    """
+    where = "mean_working_point_interval"
+    _check_bootstrap(resamples, level, where)
+    if not samples:
+        raise DetlearnError(f"{where}: no signal samples")
+    n_bkg = len(samples[0][1])
+    events, central = [], []
+    for sig, bkg in samples:
+        if len(bkg) != n_bkg:
+            raise DetlearnError(
+                f"{where}: every sample's background must score the same {n_bkg} events, "
+                f"got {len(bkg)}"
+            )
+        labels = np.concatenate([np.ones(len(sig)), np.zeros(n_bkg)])
+        ev = _events(np.concatenate([sig, bkg]), labels, None, where)
+        wp = _working_point(ev, float(eff_b_target), min_background, where)
+        if not wp.resolved:
+            return math.nan, math.nan, math.nan
+        events.append(ev)
+        central.append(wp.eff_s)
+    rng = np.random.default_rng(seed)
+    target = np.array([float(eff_b_target)])
+    means = np.empty(resamples)
+    for r in range(resamples):
+        bkg_counts = np.bincount(rng.integers(0, n_bkg, n_bkg), minlength=n_bkg)
+        eff_s = []
+        for ev in events:
+            n_sig = ev.n_signal
+            sig_counts = np.bincount(rng.integers(0, n_sig, n_sig), minlength=n_sig)
+            counts = np.concatenate([sig_counts, bkg_counts])[ev.order]
+            s, b = _curve(ev, ev.w * counts)
+            k = int(_loosest(s, b, target)[0])
+            eff_s.append(s[k] / s[-1] if k >= 0 else math.nan)
+        means[r] = np.mean(eff_s)
+    return (float(np.mean(central)), *_interval(means, level))
 
 
 def _min_misclassification(ev: _Events) -> WorkingPoint:

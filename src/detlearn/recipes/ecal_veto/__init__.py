@@ -34,6 +34,7 @@ from detlearn.recipes.ecal_veto.simulate import (
     EcalEvents,
     EcalSimConfig,
     config_from_options,
+    event_counts,
     sample_file_name,
     simulate,
     simulate_block,
@@ -68,10 +69,19 @@ RECIPE = Recipe(
     extract=extract,
     config=Path(__file__).with_name("recipe.yaml"),
     simulate_options=EcalSimConfig,
-    # Triggered events per signal mass; the background sample is larger (demo_overrides),
-    # so that the fiducial 93 % of its 30 % test split resolves ε_B = 1e-3 with ≥ 10 events
-    # passing (about 17).
+    # Triggered events per signal mass; the background sample is larger (demo_overrides):
+    # the fiducial 93 % of its 30 % test split (~17k events) resolve ε_B = 1e-3 with ~17
+    # events passing (80k events and a 40 % test split barely shrank the error there).
     demo_events=4000,
+    # Measured with the default options (lz4; 7 masses and the background): 20,000 triggered
+    # events per sample wrote 37.6 MB in 8 files (235 bytes an event; a background event, with
+    # more hits, takes 487); a background sample of 200,000 events raised the peak memory by
+    # 830 MB, of 50,000 by 228 MB. The rate: benchmarks/RESULTS.md (ecal_simulate, 2 cores:
+    # 160,000 triggered events at 40,175/s).
+    event_bytes=235,
+    held_event_bytes=4_000,
+    events_per_second=40_000,
+    event_counts=event_counts,
     demo_overrides={
         "simulate": {"background_events": 60_000},
         "split": {"train": 0.6, "val": 0.1, "test": 0.3},

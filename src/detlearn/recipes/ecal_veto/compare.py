@@ -4,8 +4,8 @@ mass-parameterized network loses at masses it never saw.
 From each model's report (``metrics.json``, see :mod:`.evaluate`): the signal efficiency at
 ε_B = 1e-3 per A′ mass and its mean over masses with a bootstrap error. Two targets:
 
-- ``best_network_margin_over_bdt``: the best network's mean ε_S minus its error, less the BDT's
-  mean ε_S plus its error: > 0 when the two do not overlap;
+- ``best_network_margin_over_bdt``: the lower end of the best network's 68 % bootstrap
+  interval of the mean ε_S, less the upper end of the BDT's: > 0 when the two do not overlap;
 - ``heldout_mass_loss``: at the masses held out of training, the mean ε_S of the
   mass-parameterized CNN trained on all masses less that of the one that never saw them
   (≤ 0.02: two points of signal efficiency).
@@ -57,7 +57,7 @@ def _margin(summaries: Mapping[str, dict[str, Any]]) -> float | None:
     if bdt.get("value") is None or not nets:
         return None
     best = max(nets, key=lambda n: n["value"])
-    return (best["value"] - best["error"]) - (bdt["value"] + bdt["error"])
+    return best["lo"] - bdt["hi"]
 
 
 def _heldout_loss(tables: Mapping[str, list[dict[str, Any]]], eff: str = _EFF) -> float | None:

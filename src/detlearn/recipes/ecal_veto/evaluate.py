@@ -36,7 +36,11 @@ from matplotlib.figure import Figure
 
 from detlearn.config import merge_options
 from detlearn.errors import DetlearnError
-from detlearn.evaluation.classification import roc_curve, summarize
+from detlearn.evaluation.classification import (
+    mean_working_point_interval,
+    roc_curve,
+    summarize,
+)
 from detlearn.io.dataset import Dataset
 from detlearn.plots.classification import plot_roc
 from detlearn.plots.style import exp_label, save, styled
@@ -84,20 +88,25 @@ def fiducial_columns(dataset: str | Path, mode: object) -> list[str]:
     return [] if missing else list(RECOIL_ANGLES)
 
 
+#: Per A′ mass [MeV]: (its signal's scores, the background's scores at that mass).
+Scores = dict[float, tuple[np.ndarray, np.ndarray]]
+
+
 def _per_mass(
     clf: Classifier, test: dict[str, Any], label: np.ndarray, seed: int
-) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]], Scores]:
     held = {float(p[0]) for p in ((clf.info.holdout or {}).get("points") or [])}
     background = label < 0.5
     bkg_events = {h: test[h][background] for h in clf.config.hits}
     fixed = None if clf.config.mass_parameterized else clf.predict(bkg_events)
-    rows, curves = [], {}
+    rows, curves, scored = [], {}, {}
     masses = np.unique(test["mass"][~background])
     for m in masses:
         sel = ~background & (test["mass"] == m)
         hypothesis = float(m) if clf.config.mass_parameterized else None
         sig = clf.predict({h: test[h][sel] for h in clf.config.hits}, hypothesis)
         bkg = fixed if fixed is not None else clf.predict(bkg_events, hypothesis)
+        scored[float(m)] = (sig, bkg)
         scores = np.concatenate([sig, bkg])
         labels = np.concatenate([np.ones(len(sig)), np.zeros(len(bkg))])
         summary = summarize(scores, labels, targets=EFF_B, seed=seed)
@@ -114,7 +123,7 @@ def _per_mass(
             if wp["eff_b_target"] == REFERENCE_EFF_B:
                 row["ε_S lo"], row["ε_S hi"] = wp["eff_s_lo"], wp["eff_s_hi"]
         rows.append(row)
-    return rows, curves
+    return rows, curves, scored
 
 
 def _fiducial_fractions(
@@ -126,17 +135,23 @@ def _fiducial_fractions(
     return {m: float(inside[sel].mean()) for m, sel in samples.items() if sel.any()}
 
 
-def mean_efficiency(rows: list[dict[str, Any]], trained: bool | None = None) -> dict[str, Any]:
-    """The mean over masses of ε_S at ε_B = 1e-3, with the mean of the masses' bootstrap
-    half-widths as its error (the masses share one background sample, so their errors are
-    taken as fully correlated); ``trained`` keeps the trained (True) or held-out (False) masses.
-    None where a mass's working point is not resolved."""
-    eff = f"ε_S at ε_B={REFERENCE_EFF_B:g}"
-    chosen = [r for r in rows if trained is None or r["in training"] == trained]
-    if not chosen or any(r[eff] is None for r in chosen):
+def mean_efficiency(
+    rows: list[dict[str, Any]], scored: Scores, trained: bool | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """The mean over masses of ε_S at ε_B = 1e-3 with the half-width of its 68 % bootstrap
+    interval as its error (the background resampled once for every mass, as the masses share
+    it; :func:`~detlearn.evaluation.classification.mean_working_point_interval`);
+    ``trained`` keeps the trained (True) or held-out (False) masses of ``rows``. None where a
+    mass's working point is not resolved."""
+    chosen = [r["mass [MeV]"] for r in rows if trained is None or r["in training"] == trained]
+    if not chosen:
         return {"value": None, "error": None}
-    errors = [(r["ε_S hi"] - r["ε_S lo"]) / 2 for r in chosen]
-    return {"value": float(np.mean([r[eff] for r in chosen])), "error": float(np.mean(errors))}
+    value, lo, hi = mean_working_point_interval(
+        [scored[m] for m in chosen], REFERENCE_EFF_B, seed=seed
+    )
+    if not np.isfinite(value):
+        return {"value": None, "error": None}
+    return {"value": value, "error": (hi - lo) / 2, "lo": lo, "hi": hi}
 
 
 @styled
@@ -191,7 +206,7 @@ def evaluate(
                 f"{clf.info.dataset}: no fiducial signal or background events in the test "
                 "split; set evaluation.options.fiducial: false to score every event"
             )
-    rows, curves = _per_mass(clf, test, label, seed)
+    rows, curves, scored = _per_mass(clf, test, label, seed)
     for row in rows:
         row["fiducial fraction"] = fiducial.get(row["mass [MeV]"])
     figures_dir = out_dir / "figures"
@@ -227,9 +242,9 @@ def evaluate(
     )
 
     metrics = {
-        "mean_eff_s_at_1e-3": mean_efficiency(rows),
-        "mean_eff_s_at_1e-3_trained_masses": mean_efficiency(rows, trained=True),
-        "mean_eff_s_at_1e-3_heldout_masses": mean_efficiency(rows, trained=False),
+        "mean_eff_s_at_1e-3": mean_efficiency(rows, scored, seed=seed),
+        "mean_eff_s_at_1e-3_trained_masses": mean_efficiency(rows, scored, True, seed),
+        "mean_eff_s_at_1e-3_heldout_masses": mean_efficiency(rows, scored, False, seed),
         "masses": len(rows),
         "fiducial": {
             "used": bool(angles),

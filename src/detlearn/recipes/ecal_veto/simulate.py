@@ -112,6 +112,7 @@ __all__ = [
     "EcalEvents",
     "EcalSimConfig",
     "config_from_options",
+    "event_counts",
     "sample_file_name",
     "simulate",
     "simulate_block",
@@ -699,6 +700,28 @@ def write_events(
     return path
 
 
+def _samples(events: int, cfg: EcalSimConfig) -> list[tuple[float | None, int]]:
+    """(A′ mass or None for the background, triggered events) of each sample to make."""
+    n_background = events if cfg.background_events is None else cfg.background_events
+    samples: list[tuple[float | None, int]] = [(m, events) for m in cfg.masses]
+    return [*samples, (None, n_background)] if n_background else samples
+
+
+def event_counts(events: int, cfg: EcalSimConfig) -> tuple[int, int]:
+    """The triggered events :func:`simulate` writes in all (``events`` per signal mass, and
+    ``background_events``, or ``events`` when unset, in the background) and holds in memory
+    at once (one sample's).
+
+    Example:
+        >>> event_counts(4000, EcalSimConfig(masses=[1.0, 10.0]))
+        (12000, 4000)
+        >>> event_counts(4000, EcalSimConfig(masses=[1.0, 10.0], background_events=60_000))
+        (68000, 60000)
+    """
+    sizes = [n for _, n in _samples(events, cfg)]
+    return sum(sizes), max(sizes, default=0)
+
+
 def simulate(
     out_dir: str | Path, events: int, seed: int, options: Mapping[str, Any] | None = None
 ) -> list[Path]:
@@ -726,10 +749,7 @@ def simulate(
     cfg = config_from_options(options)
     if isinstance(events, bool) or not isinstance(events, (int, np.integer)) or events <= 0:
         raise DetlearnError(f"ecal-veto simulate: events per sample must be > 0 (got {events!r})")
-    n_background = events if cfg.background_events is None else cfg.background_events
-    samples: list[tuple[float | None, int]] = [(m, events) for m in cfg.masses]
-    if n_background:
-        samples.append((None, n_background))
+    samples = _samples(events, cfg)
     if not samples:
         raise DetlearnError("ecal-veto simulate: no sample to make (masses empty, background 0)")
     out_dir = Path(out_dir)
