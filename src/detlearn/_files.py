@@ -13,7 +13,7 @@ import json
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_out_folder",
     "file_checksum",
+    "nearest_existing",
     "read_json_object",
     "remove_temp_files",
 ]
@@ -125,3 +127,43 @@ def remove_temp_files(folder: Path, names: str = "*") -> None:
     if folder.is_dir():
         for stale in folder.glob(f".{names}.*.tmp"):
             stale.unlink(missing_ok=True)
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` made absolute, or its nearest parent that exists (the root at worst): where
+    a folder to be made at ``path`` would be created.
+
+    Example:
+        >>> nearest_existing(Path("/") / "no" / "such" / "folder")
+        PosixPath('/')
+    """
+    path = path.absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def check_out_folder(out: Path, kind: str, why_not: Callable[[Path], str | None]) -> None:
+    """Refuse, in one line naming the path, an ``--out`` folder detlearn must not write into,
+    before any work: a file; a folder that cannot be made or written (the nearest existing
+    folder at or above it is not writable); a folder holding files that is not a ``kind``
+    (``why_not(out)`` says why it is not, None when it is). A new or empty folder is fine.
+
+    Example:
+        >>> check_out_folder(Path(__file__), "run folder", lambda out: None)
+        Traceback (most recent call last):
+        ...
+        detlearn.errors.DetlearnError: ...: --out is a file, not a run folder
+    """
+    if out.exists() and not out.is_dir():
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise DetlearnError(f"{out}: --out is a file, not {article} {kind}")
+    nearest = nearest_existing(out)
+    if not nearest.is_dir():
+        raise DetlearnError(f"{out}: --out lies under {nearest}, a file; give it a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        where = "" if nearest == out.absolute() else f" (its nearest existing parent {nearest})"
+        raise DetlearnError(f"{out}: --out is not writable{where}; give it a folder you can write")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    why = why_not(out)
+    if why is not None:
+        raise DetlearnError(f"{out}: {why}; give --out a new, empty or {kind}")

@@ -22,8 +22,8 @@ from detlearn.config import RunConfig, deep_merge, dump_commented_yaml, validate
 from detlearn.errors import DetlearnError, DetlearnWarning
 from detlearn.families import export_run
 from detlearn.families import train as run_train
+from detlearn.pipeline import SimulationEstimate, run_recipe
 from detlearn.pipeline import evaluate as run_evaluate
-from detlearn.pipeline import run_recipe
 from detlearn.pipeline import simulate as run_simulate
 from detlearn.prepare import prepare as run_prepare
 from detlearn.recipes import RECIPES, get_recipe, load_config
@@ -148,11 +148,15 @@ def simulate(
     set_: SetOption = None,
 ) -> None:
     """Write ROOT files from a recipe's built-in simulator (into a folder holding no other ROOT
-    files: prepare reads them all)."""
+    files: prepare reads them all); prints the estimated size and time as it starts."""
     rec = get_recipe(recipe)
     options = rec.default_config().get("simulate", {})
     options.update(parse_overrides(set_))
-    files = run_simulate(recipe, out_dir, events, seed, options)
+
+    def announce(estimate: SimulationEstimate) -> None:
+        out.print(f"simulate: {estimate.line()}", markup=False)
+
+    files = run_simulate(recipe, out_dir, events, seed, options, announce)
     out.print(f"wrote {len(files)} file(s) to {out_dir}", markup=False)
 
 

@@ -16,15 +16,19 @@ each the public function a user would call by hand. Its output folder::
 
 from __future__ import annotations
 
+import operator
+import shutil
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
 
-from detlearn._files import atomic_write_bytes, remove_temp_files
+from detlearn._files import atomic_write_bytes, nearest_existing, remove_temp_files
+from detlearn._threads import usable_memory
 from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config, validate_options
 from detlearn.errors import DetlearnError
 from detlearn.families import export_run, get_family, train
@@ -35,7 +39,14 @@ from detlearn.recipes import get_recipe, load_config
 from detlearn.report import write_report
 from detlearn.runs.artifact import RunInfo, read_run_info
 
-__all__ = ["evaluate", "run_recipe", "simulate", "simulator_mismatch"]
+__all__ = [
+    "SimulationEstimate",
+    "estimate_simulation",
+    "evaluate",
+    "run_recipe",
+    "simulate",
+    "simulator_mismatch",
+]
 
 
 def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> Path:
@@ -97,12 +108,94 @@ def simulator_mismatch(info: RunInfo) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SimulationEstimate:
+    """What a recipe's simulation of ``--events`` will take, from its recipe's measured sizes
+    and rate (:class:`~detlearn.recipes.base.Recipe`).
+
+    Attributes:
+        events: events written in all.
+        bytes: their files' size on disk [bytes].
+        seconds: wall time on 2 CPU cores [s].
+        memory: the simulator's memory for the events it holds at once [bytes].
+    """
+
+    events: int
+    bytes: float
+    seconds: float
+    memory: float
+
+    def line(self) -> str:
+        """One line: ``~N events, ~X GB, ~T min`` (MB below a GB; s below a minute, h above
+        an hour).
+
+        Example:
+            >>> SimulationEstimate(2_000_000, 3.4e9, 5400.0, 1e8).line()
+            '~2,000,000 events, ~3.4 GB, ~1.5 h'
+        """
+        size = f"{self.bytes / 1e9:.3g} GB" if self.bytes >= 1e9 else f"{self.bytes / 1e6:.3g} MB"
+        if self.seconds < 60:
+            duration = f"{self.seconds:.2g} s"
+        elif self.seconds < 3600:
+            duration = f"{self.seconds / 60:.2g} min"
+        else:
+            duration = f"{self.seconds / 3600:.2g} h"
+        return f"~{self.events:,} events, ~{size}, ~{duration}"
+
+
+def estimate_simulation(
+    recipe: str, events: int, options: Mapping[str, Any] | None = None
+) -> SimulationEstimate:
+    """The disk, time and memory ``simulate(recipe, out, events, options=options)`` will take.
+
+    Example:
+        >>> est = estimate_simulation("mass-grid", 10_000)  # 100 grid points
+        >>> est.events, round(est.bytes / 1e6)
+        (1000000, 47)
+    """
+    rec = get_recipe(recipe)
+    cfg = validate_options(rec.simulate_options, options, f"{recipe} simulate")
+    try:
+        count = operator.index(events)
+    except TypeError:
+        raise DetlearnError(
+            f"{recipe} simulate: events must be a whole number (got {events!r})"
+        ) from None
+    written, held = rec.event_counts(max(count, 0), cfg)
+    return SimulationEstimate(
+        events=written,
+        bytes=written * rec.event_bytes,
+        seconds=written / rec.events_per_second,
+        memory=held * rec.held_event_bytes,
+    )
+
+
+def _check_fits(recipe: str, out_dir: Path, estimate: SimulationEstimate, reused: int) -> None:
+    """Refuse a simulation whose files would not fit in the free space of ``out_dir``'s file
+    system (plus the ``reused`` bytes of files it writes again), or whose events held at once
+    would not fit in memory."""
+    nearest = nearest_existing(out_dir)
+    free = shutil.disk_usage(nearest).free + reused
+    if estimate.bytes > free:
+        raise DetlearnError(
+            f"{recipe} simulate: ~{estimate.events:,} events need ~{estimate.bytes / 1e9:.3g} GB "
+            f"on disk, {free / 1e9:.3g} GB free in {nearest}: lower --events"
+        )
+    available = usable_memory()
+    if estimate.memory > available:
+        raise DetlearnError(
+            f"{recipe} simulate: the events it holds at once need ~{estimate.memory / 1e9:.3g} "
+            f"GB of memory, {available / 1e9:.3g} GB available: lower --events"
+        )
+
+
 def simulate(
     recipe: str,
     out_dir: str | Path,
     events: int,
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
+    announce: Callable[[SimulationEstimate], None] | None = None,
 ) -> list[Path]:
     """Run ``recipe``'s built-in simulator into ``out_dir``; returns the files it wrote.
 
@@ -112,11 +205,17 @@ def simulate(
     or another seed. Files of the same job (a rerun, or one stopped half-way) are written
     again, and a killed job's temp files removed. A file of the same settings that it did not
     write again (an earlier run of more events) is an error once it is done.
+
+    Also refused before anything is written: files that would not fit in the free space of
+    ``out_dir``'s file system, or events held at once that would not fit in memory
+    (:func:`estimate_simulation`). Once the checks pass, ``announce`` (when given) gets the
+    estimate, before the simulator starts.
     """
     rec = get_recipe(recipe)
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise DetlearnError(f"{out_dir}: is a file, not a folder")
+    estimate = estimate_simulation(recipe, events, options)
     existing = sorted(out_dir.glob("*.root")) if out_dir.is_dir() else []
     if existing:
         wanted = validate_options(rec.simulate_options, options, f"{recipe} simulate")
@@ -127,6 +226,10 @@ def simulate(
                     f"{path}: {why}, so this simulate would not write it, and prepare would read "
                     "it beside the new files; choose an empty folder (--out) or remove it"
                 )
+    # This job's own files are written again: their space comes back.
+    _check_fits(recipe, out_dir, estimate, sum(p.stat().st_size for p in existing))
+    if announce is not None:
+        announce(estimate)
     remove_temp_files(out_dir, "*.root")  # a killed simulate's
     files = rec.simulate(out_dir, events, seed, options)
     written = {Path(f).name for f in files}

@@ -28,7 +28,7 @@ import awkward as ak
 import numpy as np
 
 from detlearn import __version__
-from detlearn._files import atomic_write_json, remove_temp_files
+from detlearn._files import atomic_write_json, check_out_folder, remove_temp_files
 from detlearn._progress import progress as show_progress
 from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError, DetlearnWarning
@@ -308,7 +308,7 @@ def prepare(
     :class:`DetlearnWarning`) after the manifest is written.
     """
     out = Path(out)
-    _check_out(out)
+    check_out_folder(out, "dataset folder", _not_a_dataset)
     data = cfg.data
     t0 = time.perf_counter()
     chash = data_hash(data)
@@ -478,31 +478,22 @@ def _tally_warnings(shards: list[dict[str, Any]]) -> list[str]:
     return messages
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that is not a new, empty or dataset folder (prepare writes
-    ``manifest.json`` and ``shards/`` there and removes stale temp files from ``shards/``)."""
-    if out.exists() and not out.is_dir():
-        raise DetlearnError(f"{out}: --out is a file, not a dataset folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
+def _not_a_dataset(out: Path) -> str | None:
+    """Why the folder ``out``, which holds files, is no dataset folder prepare may write
+    ``manifest.json`` and ``shards/`` into (and remove stale temp files from); None if it is."""
     shards, manifest = out / "shards", out / MANIFEST
     if shards.is_symlink():
-        raise DetlearnError(f"{shards}: a symbolic link; a dataset's shards/ must be its own")
+        return "its shards/ is a symbolic link; a dataset's shards/ must be its own"
     if manifest.is_file():
         try:
             record = json.loads(manifest.read_bytes())
         except (OSError, ValueError):
             record = None
         if not (isinstance(record, dict) and {"shards", "config_hash"} <= set(record)):
-            raise DetlearnError(
-                f"{manifest}: not a detlearn dataset's manifest; give --out a new, empty or "
-                "dataset folder"
-            )
+            return f"its {MANIFEST} is not a detlearn dataset's manifest"
     elif not shards.is_dir():
-        raise DetlearnError(
-            f"{out}: holds files but is no detlearn dataset (no manifest.json, no shards/); "
-            "give --out a new, empty or dataset folder"
-        )
+        return f"holds files but is no detlearn dataset (no {MANIFEST}, no shards/)"
+    return None
 
 
 def _remove_empty(made: list[Path]) -> None:

@@ -37,7 +37,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,20 +55,27 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from detlearn._files import atomic_path
 from detlearn._progress import interactive, plain_line
+from detlearn._threads import usable_memory
 from detlearn.config import TrainingConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import WEIGHTS_FILE, save_model
 from detlearn.plots.loss import plot_loss
 
 __all__ = [
+    "BYTES_PER_ACTIVATION",
+    "BYTES_PER_PARAMETER",
     "DensityModule",
     "FitResult",
+    "ModelSize",
+    "check_training_memory",
     "epochs_line",
     "fit",
     "last_checkpoint",
     "lr_factor",
+    "meta_parameters",
     "steps_per_epoch",
     "stretched",
+    "training_bytes",
     "unit_mean_weights",
 ]
 
@@ -192,6 +199,76 @@ class FitResult:
     wall_seconds: float
     weights: Path
     history: Path
+
+
+#: Training memory per parameter [bytes]: the float32 weight, its gradient and AdamW's two
+#: moments.
+BYTES_PER_PARAMETER = 16
+#: Training memory per activation of a batch row [bytes]: a float32 layer output the backward
+#: pass keeps, and its gradient.
+BYTES_PER_ACTIVATION = 8
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What sets a model's training memory, known before it is built.
+
+    Attributes:
+        parameters: trainable parameters.
+        activations: floats one batch row leaves in the layers' outputs (kept for the
+            backward pass).
+        keys: the config keys that set them, named when training would not fit.
+    """
+
+    parameters: int
+    activations: int
+    keys: tuple[str, ...]
+
+
+def meta_parameters(build: Callable[[], torch.nn.Module]) -> int:
+    """Trainable parameters of the model ``build()`` makes, built on torch's meta device: shapes
+    only, no memory, no initialization. (zuko's masked networks cannot be built there: they
+    compute their masks from data.)
+
+    Example:
+        >>> meta_parameters(lambda: torch.nn.Linear(3, 8))  # 3 * 8 weights + 8 biases
+        32
+    """
+    with torch.device("meta"):
+        model = build()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def training_bytes(sizes: Sequence[ModelSize], batch_size: int) -> int:
+    """Memory [bytes] training ``sizes`` takes at ``batch_size`` rows: parameters × 16 bytes
+    (:data:`BYTES_PER_PARAMETER`) plus batch rows × activations × 8 bytes
+    (:data:`BYTES_PER_ACTIVATION`); the data set itself not included.
+
+    Example:
+        >>> training_bytes([ModelSize(1000, 10, ())], batch_size=100)
+        24000
+    """
+    return sum(
+        s.parameters * BYTES_PER_PARAMETER + batch_size * s.activations * BYTES_PER_ACTIVATION
+        for s in sizes
+    )
+
+
+def check_training_memory(sizes: Sequence[ModelSize], batch_size: int) -> None:
+    """A one-line :class:`DetlearnError` when training the models ``sizes`` at ``batch_size``
+    rows would take more memory (:func:`training_bytes`) than this process may still use
+    (:func:`~detlearn._threads.usable_memory`), naming the config keys to lower."""
+    need = training_bytes(sizes, batch_size)
+    available = usable_memory()
+    if need <= available:
+        return
+    keys = dict.fromkeys(k for s in sizes for k in s.keys)
+    parameters = sum(s.parameters for s in sizes)
+    raise DetlearnError(
+        f"training needs ~{need / 1e9:.3g} GB of memory ({parameters:,} parameters, "
+        f"{batch_size:,} rows a batch), {available / 1e9:.3g} GB available: lower "
+        f"{', '.join([*keys, 'training.batch_size'])}"
+    )
 
 
 def _tensors(data: Arrays, keys: Sequence[str], which: str) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from detlearn._files import check_out_folder
 from detlearn.config import RunConfig
 from detlearn.errors import DetlearnError
 from detlearn.export.sidecar import read_sidecar
@@ -26,8 +27,10 @@ from detlearn.families.base import Family
 from detlearn.families.classifier import CLASSIFIER
 from detlearn.families.flow import FLOW
 from detlearn.families.regressor import REGRESSOR
+from detlearn.models import SPEC_FILE
 from detlearn.runs.artifact import RUN_FILE, read_run_info
 from detlearn.runs.training_data import open_training_data
+from detlearn.training import check_training_memory
 
 __all__ = ["FAMILIES", "Family", "export_run", "get_family", "load_run", "train"]
 
@@ -58,10 +61,16 @@ def train(
     A run folder is a run once its ``run.json`` is written, last: an earlier run's is removed
     first, so a training stopped half-way into an existing run folder never leaves the old
     run's record beside the new weights (a mix that ``load_run`` and ``sample`` would take).
+
+    Refused before anything is written: an ``out`` that is a file, cannot be written, or holds
+    files but is no run folder (:func:`~detlearn._files.check_out_folder`); a model whose
+    training would not fit in memory (:func:`~detlearn.training.check_training_memory`).
     """
     family = get_family(cfg.model.family)
-    data = open_training_data(cfg, dataset, family.roles, family.balances_labels)
     out = Path(out)
+    check_out_folder(out, "run folder", _not_a_run)
+    data = open_training_data(cfg, dataset, family.roles, family.balances_labels)
+    check_training_memory(family.sizes(cfg, data), cfg.training.batch_size)
     (out / RUN_FILE).unlink(missing_ok=True)
     return family.train(cfg, data, out, resume, progress)
 
@@ -80,10 +89,13 @@ def export_run(
 
     A graph an earlier export left in ``out`` that this run does not have (a ``count.onnx`` of
     a model trained before without a count model) is removed with its sidecar, so the folder
-    holds one run's graphs; files that are not detlearn graphs are left alone.
+    holds one run's graphs; files that are not detlearn graphs are left alone. An ``out`` that
+    is a file, cannot be written, or holds files but is no export folder is refused first
+    (:func:`~detlearn._files.check_out_folder`).
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "export"
+    check_out_folder(out, "export folder", _not_an_export)
     out.mkdir(parents=True, exist_ok=True)
     summary = get_family(read_run_info(run_dir).family).export(run_dir, out, rows, seed)
     for path in sorted(out.glob("*.json")):
@@ -98,3 +110,34 @@ def export_run(
         graph.unlink()
         path.unlink()
     return summary
+
+
+#: What a model folder of a run holds from the start of its training (``fit``'s checkpoints
+#: and logs) or once trained (the model's spec): a run stopped before its ``run.json``.
+_TRAINING_FILES = ("checkpoints", "logs", SPEC_FILE)
+
+
+def _not_a_run(out: Path) -> str | None:
+    """Why the folder ``out``, which holds files, is no run folder to train into; None when it
+    is one: it holds a ``run.json``, or a model folder of a training stopped before it."""
+    if (out / RUN_FILE).is_file():
+        return None
+    for folder in out.iterdir():
+        if folder.is_dir() and any((folder / name).exists() for name in _TRAINING_FILES):
+            return None
+    return f"holds files but is no detlearn run folder (no {RUN_FILE})"
+
+
+def _not_an_export(out: Path) -> str | None:
+    """Why the folder ``out``, which holds files, is no export folder; None when it is one: it
+    holds a detlearn sidecar, or only ONNX graphs (an export stopped before its first sidecar)
+    and temp files."""
+    for path in sorted(out.glob("*.json")):
+        try:
+            read_sidecar(path)
+        except DetlearnError:
+            continue
+        return None
+    if all(p.suffix in (".onnx", ".tmp") and p.is_file() for p in out.iterdir()):
+        return None
+    return "holds files but is no detlearn export folder (no ONNX graph with its JSON sidecar)"

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 from detlearn.config import RunConfig
 from detlearn.report import Section
 from detlearn.runs.training_data import TrainingData
+from detlearn.training import ModelSize
 
-__all__ = ["Evaluate", "Export", "Family", "Load", "Train"]
+__all__ = ["Evaluate", "Export", "Family", "Load", "Sizes", "Train"]
 
 
 class Train(Protocol):
@@ -45,6 +46,13 @@ class Evaluate(Protocol):
     def __call__(self, run_dir: Path, out_dir: Path, seed: int) -> Section: ...
 
 
+class Sizes(Protocol):
+    """``sizes(cfg, data) -> [ModelSize]``: the networks training builds, sized before they are
+    (empty: no network, such as the classifier's bdt)."""
+
+    def __call__(self, cfg: RunConfig, data: TrainingData) -> list[ModelSize]: ...
+
+
 @dataclass(frozen=True)
 class Family:
     """A kind of model.
@@ -56,6 +64,7 @@ class Family:
         load: the trained-run handle's loader (``Surrogate.load``, ``Regression.load``...).
         export: its exporter.
         evaluate: its generic evaluation.
+        sizes: the sizes of the networks it trains, checked against the memory before training.
         roles: the dataset column roles it needs.
         balances_labels: whether ``training.balance`` applies (rows weighed by label).
     """
@@ -66,5 +75,6 @@ class Family:
     load: Load
     export: Export
     evaluate: Evaluate
+    sizes: Sizes
     roles: tuple[str, ...] = ("context", "target")
     balances_labels: bool = False

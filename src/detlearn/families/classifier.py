@@ -21,7 +21,12 @@ from detlearn.families.base import Family
 from detlearn.io.dataset import Dataset
 from detlearn.plots.classification import plot_roc, plot_scores
 from detlearn.report import Section
-from detlearn.runs.classification import Classifier, background_masses, train_classifier
+from detlearn.runs.classification import (
+    Classifier,
+    background_masses,
+    classifier_sizes,
+    train_classifier,
+)
 
 __all__ = ["CLASSIFIER", "evaluate_classifier", "scored_test_split"]
 
@@ -106,5 +111,6 @@ CLASSIFIER = Family(
     load=Classifier.load,
     export=export_classifier,
     evaluate=evaluate_classifier,
+    sizes=classifier_sizes,
     roles=("label",),
 )

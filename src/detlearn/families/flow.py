@@ -19,7 +19,7 @@ from detlearn.export.flow import export_flow
 from detlearn.families.base import Family
 from detlearn.plots.compare import plot_hist_compare
 from detlearn.report import Section
-from detlearn.runs.surrogate import ContextRangeWarning, Surrogate, train_flow
+from detlearn.runs.surrogate import ContextRangeWarning, Surrogate, flow_sizes, train_flow
 
 __all__ = ["FLOW", "evaluate_flow"]
 
@@ -96,5 +96,6 @@ FLOW = Family(
     load=Surrogate.load,
     export=export_flow,
     evaluate=evaluate_flow,
+    sizes=flow_sizes,
     balances_labels=True,
 )

@@ -19,7 +19,7 @@ from detlearn.export.regressor import export_regressor
 from detlearn.families.base import Family
 from detlearn.plots.compare import plot_hist_compare
 from detlearn.report import Section
-from detlearn.runs.regression import Regression, train_regressor
+from detlearn.runs.regression import Regression, regressor_sizes, train_regressor
 
 __all__ = ["REGRESSOR", "evaluate_regressor"]
 
@@ -105,4 +105,5 @@ REGRESSOR = Family(
     load=Regression.load,
     export=export_regressor,
     evaluate=evaluate_regressor,
+    sizes=regressor_sizes,
 )

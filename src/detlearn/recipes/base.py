@@ -18,7 +18,7 @@ from detlearn.config import read_yaml
 from detlearn.io.sources import Chunk
 from detlearn.report import Section
 
-__all__ = ["Compare", "Evaluate", "Extract", "FastSim", "Recipe", "Simulate"]
+__all__ = ["Compare", "Evaluate", "EventCounts", "Extract", "FastSim", "Recipe", "Simulate"]
 
 
 class Simulate(Protocol):
@@ -27,6 +27,13 @@ class Simulate(Protocol):
     def __call__(
         self, out_dir: str | Path, events: int, seed: int, options: Mapping[str, Any] | None
     ) -> list[Path]: ...
+
+
+class EventCounts(Protocol):
+    """``event_counts(events, options) -> (written, held)``: the events ``simulate(events)``
+    writes in all, and the most it holds in memory at once, with the validated ``options``."""
+
+    def __call__(self, events: int, options: Any) -> tuple[int, int]: ...
 
 
 class Evaluate(Protocol):
@@ -78,6 +85,12 @@ class Recipe:
         config: the recipe's default run config (``recipe.yaml``).
         simulate_options: the pydantic model of the config's ``simulate`` section.
         demo_events: events ``detlearn demo`` simulates.
+        event_bytes: compressed bytes one simulated event takes in the simulator's files
+            (measured with the default options).
+        held_event_bytes: memory [bytes] per event the simulator holds at once (the growth of
+            its peak memory per event held).
+        events_per_second: the simulator's rate on 2 CPU cores, files written.
+        event_counts: the events written in all and held at once for ``--events``.
         extract: the extractor of ``data.extractor: <name>``; None: the config's branch
             expressions do it.
         demo_overrides: config overrides of the demo.
@@ -95,6 +108,10 @@ class Recipe:
     config: Path
     simulate_options: type[BaseModel]
     demo_events: int
+    event_bytes: float
+    held_event_bytes: float
+    events_per_second: float
+    event_counts: EventCounts
     extract: Extract | None = None
     demo_overrides: Mapping[str, Any] = field(default_factory=dict)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,13 @@ from detlearn.models import BoostedTrees, ImageClassifier, PointCloudClassifier,
 from detlearn.models.classifiers import top_hits
 from detlearn.runs.artifact import RunInfo, TargetColumn, read_run_info
 from detlearn.runs.training_data import TrainingData, seeded
-from detlearn.training import fit, unit_mean_weights
+from detlearn.training import ModelSize, fit, meta_parameters, unit_mean_weights
 
 __all__ = [
     "MODEL_DIR",
     "Classifier",
     "background_masses",
+    "classifier_sizes",
     "network_inputs",
     "train_classifier",
 ]
@@ -93,6 +95,41 @@ def background_masses(
     background = label < 0.5
     out[background] = rng.choice(signal_masses, int(background.sum())).astype(np.float32)
     return out
+
+
+def _network(cfg: ClassifierConfig) -> torch.nn.Module:
+    """The untrained network of arch cnn or point_cloud."""
+    if cfg.arch == "cnn":
+        return ImageClassifier(cfg.image.channels, cfg.image.shape, cfg)
+    return PointCloudClassifier(len(cfg.hits), cfg)
+
+
+def classifier_sizes(cfg: RunConfig, data: TrainingData) -> list[ModelSize]:
+    """The size of the network :func:`train_classifier` trains (built on the meta device; none
+    for the bdt). Per event: a cnn's image and, per block, the convolution's, its ReLU's and
+    the max-pool's outputs; a point cloud's pairwise hit distances and, per EdgeConv block,
+    its edge features (hits × neighbours × width, two of them) and per-hit outputs; then the
+    dense head's layers and activations."""
+    ccfg = cfg.model.classifier
+    if ccfg.arch == "bdt":
+        return []
+    parameters = meta_parameters(lambda: _network(ccfg))
+    if ccfg.arch == "cnn":
+        height, width = ccfg.image.shape
+        activations = ccfg.image.channels * height * width
+        for channels in ccfg.conv_channels:
+            activations += 2 * channels * height * width
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+            activations += channels * height * width
+        keys = ("model.classifier.conv_channels", "model.classifier.image.shape")
+    else:
+        hits, k = ccfg.max_hits, min(ccfg.neighbours, ccfg.max_hits)
+        activations = 4 * hits * hits
+        for channels in ccfg.edge_channels:
+            activations += 2 * hits * k * channels + 3 * hits * channels
+        keys = ("model.classifier.edge_channels", "model.classifier.max_hits")
+    activations += 2 * sum(ccfg.dense) + 1
+    return [ModelSize(parameters, activations, (*keys, "model.classifier.dense"))]
 
 
 def train_classifier(
@@ -162,11 +199,7 @@ def train_classifier(
         trees.save(out / MODEL_DIR)
     else:
         with seeded(cfg.training.seed):
-            model = (
-                ImageClassifier(ccfg.image.channels, ccfg.image.shape, ccfg)
-                if ccfg.arch == "cnn"
-                else PointCloudClassifier(len(ccfg.hits), ccfg)
-            )
+            model = _network(ccfg)
         fit(
             model, batches["train"], batches["val"], cfg.training, out / MODEL_DIR, resume, progress
         )

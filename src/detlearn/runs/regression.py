@@ -24,11 +24,22 @@ from detlearn.data.selection import training_splits
 from detlearn.errors import DetlearnError
 from detlearn.io.dataset import GROUP_COLUMN
 from detlearn.models import Regressor, load_model
+from detlearn.models.regressors import MODEL4EXP_HIDDEN
 from detlearn.runs.artifact import RunInfo, TargetColumn, read_run_info
 from detlearn.runs.training_data import TrainingData, seeded
-from detlearn.training import fit
+from detlearn.training import ModelSize, fit, meta_parameters
 
-__all__ = ["Regression", "train_regressor"]
+__all__ = ["Regression", "regressor_sizes", "train_regressor"]
+
+
+def regressor_sizes(cfg: RunConfig, data: TrainingData) -> list[ModelSize]:
+    """The size of the regressor :func:`train_regressor` trains (built on the meta device):
+    per row its inputs and, per hidden layer, the layer's, its BatchNorm's and its
+    activation's outputs."""
+    rcfg, inputs = cfg.model.regressor, data.context
+    parameters = meta_parameters(lambda: Regressor(len(inputs), rcfg, inputs))
+    hidden = MODEL4EXP_HIDDEN if rcfg.arch == "model4exp" else rcfg.hidden
+    return [ModelSize(parameters, len(inputs) + 3 * sum(hidden) + 1, ("model.regressor.hidden",))]
 
 
 def train_regressor(

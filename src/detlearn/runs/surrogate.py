@@ -36,9 +36,9 @@ from detlearn.io.dataset import GROUP_COLUMN
 from detlearn.models import ConditionalFlow, CountModel, load_model
 from detlearn.runs.artifact import RunInfo, TargetColumn, read_run_info
 from detlearn.runs.training_data import TrainingData, seeded
-from detlearn.training import fit, last_checkpoint
+from detlearn.training import ModelSize, fit, last_checkpoint, meta_parameters
 
-__all__ = ["ContextRangeWarning", "Surrogate", "train_flow", "write_samples"]
+__all__ = ["ContextRangeWarning", "Surrogate", "flow_sizes", "train_flow", "write_samples"]
 
 #: Context rows per block of :meth:`Surrogate.simulate_events` (rows of similar photon count).
 _EVENT_BLOCK = 512
@@ -46,6 +46,20 @@ _EVENT_BLOCK = 512
 
 class ContextRangeWarning(DetlearnWarning):
     """Contexts outside the range seen in training (the model extrapolates there)."""
+
+
+def flow_sizes(cfg: RunConfig, data: TrainingData) -> list[ModelSize]:
+    """The sizes of the flow :func:`train_flow` trains (counted from the config: see
+    :meth:`~detlearn.models.ConditionalFlow.size`) and of its count model, if any (built on
+    the meta device)."""
+    features, context = len(data.target), len(data.context)
+    parameters, activations = ConditionalFlow.size(features, context, cfg.model.flow)
+    sizes = [ModelSize(parameters, activations, ("model.flow.hidden", "model.flow.transforms"))]
+    if cfg.model.count != "none":
+        hidden = cfg.model.count_hidden
+        count = meta_parameters(lambda: CountModel(context, hidden))
+        sizes.append(ModelSize(count, context + 2 * sum(hidden) + 2, ("model.count_hidden",)))
+    return sizes
 
 
 def train_flow(

@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from typing import Any
 
@@ -236,6 +237,34 @@ class ConditionalFlow(torch.nn.Module):
             ]
             mask[j] = torch.tensor([name in keep for name in self.context_names])
         return mask
+
+    @staticmethod
+    def size(features: int, context: int, cfg: FlowConfig) -> tuple[int, int]:
+        """(trainable parameters, floats one row leaves in the layers' outputs) of
+        ``ConditionalFlow(features, context, cfg)``, counted without building it: zuko's masked
+        networks compute their masks from data, so they cannot be built on the meta device.
+
+        Each of the ``transforms`` has one dense network, features + context -> ``hidden`` ->
+        features × the element-wise transform's parameters (3 bins − 1 for nsf's spline, 2 for
+        the affine maf and realnvp); its masks are buffers, not parameters. With one feature
+        zuko's transform is element-wise: its network reads the context alone. The outputs counted
+        per row: the network's input, each hidden layer's before and after its activation, and
+        its output twice (the transform's own work on it).
+
+        Example:
+            >>> cfg = FlowConfig(hidden=[8])
+            >>> parameters, _ = ConditionalFlow.size(2, 3, cfg)
+            >>> parameters == sum(p.numel() for p in ConditionalFlow(2, 3, cfg).parameters())
+            True
+            >>> ConditionalFlow.size(1, 3, cfg)[0]  # 3 transforms of (3 * 8 + 8) + (8 * 47 + 47)
+            1365
+        """
+        per_feature = 3 * cfg.bins - 1 if cfg.kind == "nsf" else 2
+        inputs = context if features == 1 else features + context
+        widths = [inputs, *cfg.hidden, features * per_feature]
+        network = sum(a * b + b for a, b in itertools.pairwise(widths))
+        outputs = widths[0] + 2 * sum(cfg.hidden) + 2 * widths[-1]
+        return cfg.transforms * network, cfg.transforms * outputs
 
     @staticmethod
     def _build(

@@ -84,6 +84,7 @@ __all__ = [
     "ETA_EDGES",
     "MAX_DEPTH",
     "HcalChannels",
+    "event_counts",
     "generate_channels",
     "qie_quantize",
     "simulate",
@@ -433,6 +434,17 @@ def write_channels(
         if provenance is not None:
             write_provenance(f, provenance)
     return path
+
+
+def event_counts(events: int, cfg: HcalSimConfig) -> tuple[int, int]:
+    """The channels :func:`simulate` writes in all (``events``) and holds in memory at once
+    (three files': one written, one filled, the next queued).
+
+    Example:
+        >>> event_counts(1_000_000, HcalSimConfig(channels_per_file=200_000))
+        (1000000, 600000)
+    """
+    return events, min(events, 3 * cfg.channels_per_file)
 
 
 def simulate(

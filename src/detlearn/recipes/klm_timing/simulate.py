@@ -104,6 +104,7 @@ __all__ = [
     "KLMSimConfig",
     "Optics",
     "chord",
+    "event_counts",
     "gun_contexts",
     "mean_dedx",
     "optics",
@@ -1102,6 +1103,17 @@ def write_edm4hep(
         if provenance is not None:
             write_provenance(f, provenance)
     return path
+
+
+def event_counts(events: int, cfg: KLMSimConfig) -> tuple[int, int]:
+    """The events :func:`simulate` writes in all (``events``) and holds in memory at once
+    (one file's).
+
+    Example:
+        >>> event_counts(5000, KLMSimConfig(events_per_file=2000))
+        (5000, 2000)
+    """
+    return events, min(events, cfg.events_per_file)
 
 
 def simulate(

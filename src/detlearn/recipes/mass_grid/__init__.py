@@ -31,6 +31,7 @@ from detlearn.recipes.mass_grid.evaluate import evaluate
 from detlearn.recipes.mass_grid.simulate import (
     MassGridEvents,
     config_from_options,
+    event_counts,
     simulate,
     simulate_point,
     write_events,
@@ -62,4 +63,12 @@ RECIPE = Recipe(
     # Generated events per grid point: FEDHEX's 10 000. About 8 % pass the selection at high
     # m_Φ, ~1 % at 100 GeV: ~67 000 rows on the default 10 × 10 grid.
     demo_events=10_000,
+    # Measured with the default options on 2 cores: 10,000 events per point on the 10 × 10 grid
+    # wrote 46.9 MB in 3.1 s (47 bytes an event; each file's own ~50 kB weigh in below ~1,000
+    # events per point); a single point of 1,000,000 events raised the peak memory by 353 MB,
+    # of 200,000 by 67 MB.
+    event_bytes=47,
+    held_event_bytes=360,
+    events_per_second=330_000,
+    event_counts=event_counts,
 )

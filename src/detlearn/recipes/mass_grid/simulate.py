@@ -49,7 +49,14 @@ from detlearn.errors import DetlearnError
 from detlearn.io.provenance import simulator_provenance, write_provenance
 from detlearn.recipes.mass_grid.density import MassGridConfig, acceptance, grid_points, sample_reco
 
-__all__ = ["MassGridEvents", "config_from_options", "simulate", "simulate_point", "write_events"]
+__all__ = [
+    "MassGridEvents",
+    "config_from_options",
+    "event_counts",
+    "simulate",
+    "simulate_point",
+    "write_events",
+]
 
 # Decoy shapes: cosmetic (never selected), so not config fields.
 _DECOY_PHOTON_MIN_PT = 20.0
@@ -149,6 +156,17 @@ def config_from_options(options: Mapping[str, Any] | None) -> MassGridConfig:
         detlearn.errors.DetlearnError: mass-grid simulate: unknown option 'phi_tial_fraction'; did you mean 'phi_tail_fraction'?
     """  # noqa: E501
     return validate_options(MassGridConfig, options, "mass-grid simulate")
+
+
+def event_counts(events: int, cfg: MassGridConfig) -> tuple[int, int]:
+    """The events :func:`simulate` writes in all (``events`` per grid point, every generated
+    event: the rejected ones too) and holds in memory at once (one point's).
+
+    Example:
+        >>> event_counts(10_000, MassGridConfig(phi_points=10, omega_points=10))
+        (1000000, 10000)
+    """
+    return events * len(grid_points(cfg)), events
 
 
 def simulate(
