@@ -13,9 +13,11 @@ before torch or numba start their pools, :func:`apply` sets
 
 A variable the user has set wins, and a user's ``OMP_NUM_THREADS`` sets the other two as well;
 a user who set ``GOMP_SPINCOUNT`` (how long libgomp spins before it sleeps) keeps libgomp's
-default policy with that spin count. The cost of sleeping, measured on 2 idle cores: KLM
-sampling 7.3 M photons/s instead of 13–15 M/s; the gain beside one busy process: 8.5 M/s
-instead of 4.1 (``benchmarks/klm_sample.py --contended``).
+default policy with that spin count. Sleeping threads cost a wake-up per parallel operation
+(tens of µs), so work is cut into blocks large enough to amortize it (KLM sampling: 2^20
+samples per block, 12.4 M photons/s on 2 idle cores against 8.2 at 2^16; libgomp's spinning
+pool reaches 13–17, but beside one busy process it collapses to 3–5 M/s where the sleeping
+one keeps 8–9: ``benchmarks/klm_sample.py --contended``).
 ``detlearn``'s top-level import applies it, so the CLI and any ``import detlearn.<module>`` run
 under it; a user who imported torch first keeps torch's own pool size, which :func:`apply` then
 lowers with ``torch.set_num_threads`` only if it exceeds the usable CPUs and

@@ -16,6 +16,7 @@ from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
 from detlearn.export import export_sampler_onnx
 from detlearn.models import ConditionalFlow, load_model, save_model
+from detlearn.models.flows import conditional
 from detlearn.models.flows.sampling import BLOCK, BinarySearchRQS, MaskedPass
 
 KINDS = ["nsf", "maf", "realnvp"]
@@ -299,6 +300,20 @@ def test_sample_is_the_inverse_flow_of_its_own_noise(kind, supports, rows, n):
     with torch.no_grad():
         ref = flow.sample_from_noise(z.reshape(-1, f), c.repeat_interleave(n, 0))
     torch.testing.assert_close(x, ref.view(rows, n, f), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("supports", [["lower"], MIXED[:2]])
+def test_sample_over_several_row_blocks_is_the_inverse_of_its_noise(supports, monkeypatch):
+    # Rows are sampled ROW_BLOCK samples at a time (2^20; 3 rows of 300 here, so 7 rows make
+    # three blocks, the last one short): the blocks must join into the flow's inverse.
+    monkeypatch.setattr(conditional, "ROW_BLOCK", 900)
+    flow, f = make_flow("nsf", supports), len(supports)
+    c = 2.0 * torch.randn(7, CONTEXT)
+    x = flow.sample(c, 300, generator=torch.Generator().manual_seed(6))
+    z = torch.randn((7, 300, f), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = flow.sample_from_noise(z.reshape(-1, f), c.repeat_interleave(300, 0))
+    torch.testing.assert_close(x, ref.view(7, 300, f), atol=1e-5, rtol=1e-4)
 
 
 def test_tabulated_conditioner_is_the_relu_network_everywhere():

@@ -34,7 +34,7 @@ A :class:`ConditionalFlow` is three maps in a row, from a physical target ``x`` 
 per unit of x). Sampling draws ``z`` and runs the maps backwards.
 
 Sampling runs the conditioner once per context row and the cheap inverse per sample
-(:mod:`.sampling`), in blocks of 2^16 samples (several context rows, or part of one row's).
+(:mod:`.sampling`), in blocks of 2^20 samples of several context rows, or 2^16 of one row's.
 
 Example:
     >>> from detlearn.config import FlowConfig
@@ -62,7 +62,7 @@ from zuko.lazy import UnconditionalDistribution
 
 from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
-from detlearn.models.flows.sampling import BLOCK, BinarySearchRQS, inverse_at
+from detlearn.models.flows.sampling import BLOCK, ROW_BLOCK, BinarySearchRQS, inverse_at
 from detlearn.models.flows.support import Support
 
 __all__ = ["ConditionalFlow"]
@@ -447,8 +447,10 @@ class ConditionalFlow(torch.nn.Module):
             dtype=self.x_mean.dtype,
         )
         context, x = self._context(c), torch.empty_like(z)
-        # Blocks of about BLOCK samples: several context rows, or part of one row's samples.
-        rows, step = max(1, BLOCK // max(n, 1)), min(n, BLOCK) or 1
+        # Blocks of about ROW_BLOCK samples of several context rows, or of BLOCK samples of
+        # one row (its samples in several blocks when it has more).
+        rows = 1 if n >= BLOCK else ROW_BLOCK // max(n, 1)
+        step = min(n, BLOCK) or 1
         for b in range(0, len(c), rows):
             block = context[b : b + rows]
             inverses = [inverse_at(t, block, n) for t in reversed(self.flow.transform.transforms)]

@@ -36,14 +36,21 @@ from zuko.utils import unpack
 
 from detlearn.models.flows import _kernels as kernels
 
-__all__ = ["BLOCK", "BinarySearchRQS", "MaskedPass", "inverse_at", "piecewise_linear"]
+__all__ = ["BLOCK", "ROW_BLOCK", "BinarySearchRQS", "MaskedPass", "inverse_at", "piecewise_linear"]
 
 # Samples per block in ConditionalFlow.sample. Smaller blocks keep the intermediate tensors in
 # cache but run more (thread-parallel) operations per sample, each ending at a barrier that
 # waits for a descheduled thread when other processes share the cores; measured best on 2 cores
-# for both 1-D (many rows) and 2-D (one row) sampling. A block of one context row with this many
-# samples also tabulates its conditioner (piecewise_linear).
+# for 2-D (one row) sampling. A block of one context row with this many samples also tabulates
+# its conditioner (piecewise_linear).
 BLOCK = 65536
+# Samples per block of several context rows (fewer samples per row than BLOCK, the KLM
+# layout). Each block runs the conditioner on its rows and some 100 small operations on
+# [rows, bins] tensors; with the thread pools' idle threads sleeping (detlearn._threads), every
+# one of them wakes the pool, and at 2^16 that cost a third of the throughput (KLM sampling on
+# 2 idle cores: 8.2 M photons/s at 2^16, 10 at 2^18, 12.4 at 2^20, median of 3 runs; contended
+# 0.6-0.8 of idle, benchmarks/klm_sample.py). The block's tensors stay a few MB.
+ROW_BLOCK = 1 << 20
 
 
 class BinarySearchRQS(zuko.transforms.MonotonicRQSTransform):
