@@ -47,6 +47,8 @@ def test_docs_build_strictly(tmp_path):
         "architecture/index.html": "detlearn.families",
         "api/families/index.html": "export_run",
         "api/runs/index.html": "Surrogate",
+        # The catalogue of faults and hostile input, read from the tests' own cases.
+        "robustness/index.html": "lies outside",
     }
     for page, text in pages.items():
         html = (site / page).read_text(encoding="utf-8")

@@ -12,7 +12,10 @@ A page asks for one with a marker on a line of its own:
 - ``<!-- detlearn:layers -->``: the layers of the package, top to bottom, as the import-linter
   contract in ``pyproject.toml`` enforces them, each with its module's first docstring line;
 - ``<!-- detlearn:cli-reference -->``: every ``detlearn`` subcommand, its arguments and options,
-  from the typer application.
+  from the typer application;
+- ``<!-- detlearn:test-catalogue -->``: every fault and hostile input the test suite tries, read
+  from the tests' own source: their names, parameter lists, hypothesis strategies and the
+  errors they expect (``CATALOGUE`` lists the files).
 
 A marker this hook does not know fails the build, so a typo cannot leave a page half-empty.
 
@@ -22,6 +25,7 @@ The rendered pages get one more pass: the Sphinx roles of the package's docstrin
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import inspect
@@ -75,6 +79,8 @@ def _render(kind: str, arg: str | None) -> str:
         return _layers()
     if kind == "cli-reference":
         return _cli_reference()
+    if kind == "test-catalogue":
+        return _catalogue()
     raise ValueError(f"docs/hooks/generated.py: unknown marker 'detlearn:{kind} {arg or ''}'")
 
 
@@ -272,3 +278,108 @@ def _commands(command: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...]
     for name in command.list_commands(ctx):
         found += _commands(command.get_command(ctx, name), (*path, name))
     return found
+
+
+# --- the catalogue of faults and hostile input ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The test files whose cases make the catalogue (docs/robustness.md), in its order.
+CATALOGUE = (
+    "tests/faults/test_kill_and_resume.py",
+    "tests/io/test_fuzz_root.py",
+    "tests/io/test_sources.py",
+    "tests/test_inputs.py",
+    "tests/test_integrity.py",
+    "tests/models/test_registry_safety.py",
+    "tests/export/test_sidecar_and_flows.py",
+    "tests/test_config.py",
+    "tests/test_config_fuzz.py",
+    "tests/io/test_expressions.py",
+    "tests/test_prepare_messages.py",
+    "tests/test_out_folders.py",
+    "tests/test_simulate_estimate.py",
+    "tests/test_training_memory.py",
+    "tests/test_properties.py",
+    "tests/test_evaluate_reference.py",
+)
+_CASE_CHARS = 110  # a case's source beyond this is cut
+
+
+def _catalogue() -> str:
+    """Every test of the ``CATALOGUE`` files as a sentence (its name), with its parameter
+    cases (``pytest.mark.parametrize`` lists, read from the source, module constants resolved),
+    its hypothesis strategies and the messages it expects (``pytest.raises(match=...)``)."""
+    parts = []
+    for name in CATALOGUE:
+        source = (ROOT / name).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        constants = {
+            target.id: node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        items = [
+            _catalogue_item(node, source, constants)
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+        ]
+        parts.append(f"### `{name}`\n\n" + "\n".join(items) + "\n")
+    return "\n".join(parts)
+
+
+def _catalogue_item(test: ast.FunctionDef, source: str, constants: dict[str, ast.AST]) -> str:
+    sentence = test.name.removeprefix("test_").replace("_", " ")
+    lines, params = [f"- **{sentence}**"], set()
+    for decorator in test.decorator_list:
+        call = decorator if isinstance(decorator, ast.Call) else None
+        if call is None:
+            continue
+        what = ast.get_source_segment(source, call.func) or ""
+        if what.endswith("parametrize") and len(call.args) >= 2:
+            values = call.args[1]
+            if isinstance(values, ast.Name) and values.id in constants:
+                values = constants[values.id]
+            params |= set(_argnames(call.args[0]).split(", "))
+            if isinstance(values, (ast.List, ast.Tuple)):
+                cases = [_code(ast.get_source_segment(source, v)) for v in values.elts]
+                lines.append(
+                    f"    - {len(cases)} cases of {_code(_argnames(call.args[0]))}: "
+                    + "; ".join(cases)
+                )
+            else:
+                lines.append(f"    - cases: {_code(ast.get_source_segment(source, values))}")
+        elif what.endswith("given"):
+            strategies = ", ".join(
+                f"{k.arg}={ast.get_source_segment(source, k.value)}" for k in call.keywords
+            )
+            lines.append(f"    - hypothesis: {_code(strategies)}")
+    matches = [
+        ast.get_source_segment(source, k.value)
+        for node in ast.walk(test)
+        if isinstance(node, ast.Call)
+        and (ast.get_source_segment(source, node.func) or "") in ("pytest.raises", "raises")
+        for k in node.keywords
+        if k.arg == "match"
+    ]
+    if matches:
+        shown = [f"the case's {_code(m)}" if m in params else _code(m) for m in matches]
+        lines.append("    - the error must match: " + "; ".join(shown))
+    return "\n".join(lines)
+
+
+def _argnames(node: ast.AST) -> str:
+    if isinstance(node, ast.Constant):
+        return str(node.value)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return ", ".join(str(getattr(e, "value", "?")) for e in node.elts)
+    return "?"
+
+
+def _code(text: str | None) -> str:
+    """One code span of ``text`` on one line, cut to ``_CASE_CHARS``."""
+    text = " ".join((text or "").split()).replace("`", "'")
+    if len(text) > _CASE_CHARS:
+        text = text[: _CASE_CHARS - 1] + "…"
+    return f"`` {text} ``"
