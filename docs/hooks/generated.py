@@ -301,6 +301,7 @@ CATALOGUE = (
     "tests/test_training_memory.py",
     "tests/test_properties.py",
     "tests/test_evaluate_reference.py",
+    "tests/test_determinism.py",
 )
 _CASE_CHARS = 110  # a case's source beyond this is cut
 
