@@ -33,9 +33,13 @@ def test_more_events_than_the_disk_holds_are_refused_in_one_line_writing_nothing
     assert lines[0].startswith("error: klm-timing simulate: ~1,000,000,000,000 events need ~")
     assert "GB on disk" in lines[0] and "GB free" in lines[0] and "lower --events" in lines[0]
     assert not out.exists()
-    out.mkdir()  # an existing empty folder stays empty
-    code, _ = _cli(runner, "simulate", "klm-timing", "--out", out, "--events", 10**12)
+    out.mkdir()  # an existing empty folder stays empty; a count as physicists write it
+    code, again = _cli(runner, "simulate", "klm-timing", "--out", out, "--events", "1e12")
     assert code == 2 and not any(out.iterdir())
+    assert again[0].split(" on disk")[0] == lines[0].split(" on disk")[0]
+    code, lines = _cli(runner, "simulate", "klm-timing", "--out", out, "--events", "1.5")
+    assert code == 2 and not any(out.iterdir())
+    assert any("'1.5' is not a whole number" in line for line in lines)
 
 
 def test_the_disk_check_compares_with_the_free_space_of_the_out_folders_file_system(

@@ -52,6 +52,22 @@ SetOption = Annotated[
 ]
 
 
+def _count(text: str) -> int:
+    """A count as physicists write it: ``100000``, ``1e5``, ``100_000``.
+
+    Example:
+        >>> _count("1e5"), _count("100_000")
+        (100000, 100000)
+    """
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not value.is_integer():
+        raise typer.BadParameter(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def _user_errors(fn: F) -> F:
     """Turn a DetlearnError, or an OSError (a folder that cannot be made, a full disk, a
     permission), into one red line on stderr and exit code 2; a DetlearnWarning into one yellow
@@ -143,7 +159,9 @@ def recipes() -> None:
 def simulate(
     recipe: Annotated[str, typer.Argument(help="recipe whose simulator to run")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("sim"),
-    events: Annotated[int, typer.Option("--events", "-n", help="events to generate")] = 10_000,
+    events: Annotated[
+        int, typer.Option("--events", "-n", parser=_count, help="events to generate (1e6 works)")
+    ] = 10_000,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     set_: SetOption = None,
 ) -> None:
@@ -239,7 +257,7 @@ def sample(
     context: Annotated[
         list[str], typer.Option("--context", "-c", help="z=0,theta=1.4,p=2 (repeatable)")
     ],
-    n: Annotated[int, typer.Option("-n", help="samples per context")] = 100_000,
+    n: Annotated[int, typer.Option("-n", parser=_count, help="samples per context")] = 100_000,
     output: Annotated[Path, typer.Option("--output", "-o", help="parquet file")] = Path(
         "samples.parquet"
     ),
@@ -261,7 +279,8 @@ def fastsim(
     run: Annotated[Path, typer.Argument(help="run folder (a surrogate with a count model)")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("fastsim"),
     events: Annotated[
-        int | None, typer.Option("--events", "-n", help="events, drawn as the simulator does")
+        int | None,
+        typer.Option("--events", "-n", parser=_count, help="events, drawn as the simulator does"),
     ] = None,
     contexts: Annotated[
         Path | None, typer.Option(help="parquet/CSV file of contexts, one event per row")
@@ -330,7 +349,7 @@ def export_cmd(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("demo"),
     recipe: Annotated[str, typer.Option(help="recipe to run")] = "klm-timing",
-    events: Annotated[int | None, typer.Option(help="events to simulate")] = None,
+    events: Annotated[int | None, typer.Option(parser=_count, help="events to simulate")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     set_: SetOption = None,
 ) -> None:
