@@ -215,6 +215,8 @@ def simulate(
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise DetlearnError(f"{out_dir}: is a file, not a folder")
+    if not nearest_existing(out_dir).is_dir():
+        raise DetlearnError(f"{out_dir}: cannot be made, {nearest_existing(out_dir)} is a file")
     estimate = estimate_simulation(recipe, events, options)
     existing = sorted(out_dir.glob("*.root")) if out_dir.is_dir() else []
     if existing:
