@@ -52,13 +52,15 @@ SetOption = Annotated[
 ]
 
 
-def _count(text: str) -> int:
-    """A count as physicists write it: ``100000``, ``1e5``, ``100_000``.
+def _count(text: str | int) -> int:
+    """A count as physicists write it: ``100000``, ``1e5``, ``100_000`` (or an int default).
 
     Example:
-        >>> _count("1e5"), _count("100_000")
-        (100000, 100000)
+        >>> _count("1e5"), _count("100_000"), _count(7)
+        (100000, 100000, 7)
     """
+    if isinstance(text, int):
+        return text
     try:
         value = float(text.replace("_", ""))
     except ValueError:
