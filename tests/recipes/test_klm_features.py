@@ -12,6 +12,7 @@ import uproot
 import yaml
 
 from detlearn.cli import app
+from detlearn.errors import DetlearnError
 from detlearn.io.dataset import Dataset
 from detlearn.prepare import prepare
 from detlearn.recipes import load_config
@@ -72,6 +73,11 @@ def test_event_without_photons_keeps_one_placeholder_row(tmp_path):
     assert sorted(rows["event"][empty]) == sorted(np.flatnonzero(events.n_photons == 0))
     assert (rows["n_photons"][empty] == 0).all()
     assert len(rows["event"]) == events.n_photons.sum() + (events.n_photons == 0).sum()
+    # Without the photon weight the flow would train on the placeholders as photons at dt = 0.
+    for photon in (None, {"role": "observer"}):
+        cfg = _config(tmp_path, [str(tmp_path / "klm.root")], columns={"photon": photon})
+        with pytest.raises(DetlearnError, match=r"klm\.root.*placeholder row.*role: weight"):
+            prepare(load_config(cfg), tmp_path / "ds2", progress=False)
 
 
 def test_t_hit_uses_the_full_momentum():

@@ -197,6 +197,19 @@ def _check_causality(photons: ak.Array, opts: dict[str, Any], chunk: Chunk) -> N
     )
 
 
+def _check_placeholder_weight(events: int, data: DataConfig, where: str) -> None:
+    """Placeholder rows (``dt`` = 0 for ``events`` events without a photon) must reach the
+    dataset with their weight 0: a config that drops the ``photon`` weight would have the flow
+    train on them as photons at dt = 0."""
+    spec = data.columns.get("photon")
+    if events and (spec is None or spec.role != "weight"):
+        raise DetlearnError(
+            f"{where}: {events} event(s) without a photon hit keep a placeholder row (dt = 0), "
+            "which only data.columns.photon with role 'weight' keeps out of the flow's "
+            "training; restore 'photon: {role: weight}'"
+        )
+
+
 def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     """Photon rows of one work item (see the module docstring for the columns)."""
     opts = _options(data)
@@ -248,6 +261,7 @@ def extract(chunk: Chunk, data: DataConfig) -> dict[str, np.ndarray]:
     edep = ak.to_numpy(ak.sum(hits["eDep"][~is_photon], axis=1)).astype(np.float64)
 
     # One row per photon, plus one placeholder row for an event without photons.
+    _check_placeholder_weight(int(np.sum(n_photons == 0)), data, chunk.where)
     rows_per_event = np.maximum(n_photons, 1)
     event_of_row = np.repeat(np.arange(len(n_photons)), rows_per_event)
     dt = np.zeros(len(event_of_row))
