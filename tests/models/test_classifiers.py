@@ -13,6 +13,7 @@ import torch
 from detlearn.config import ClassifierConfig
 from detlearn.errors import DetlearnError
 from detlearn.models.classifiers import ImageClassifier, PointCloudClassifier, top_hits
+from detlearn.models.gbdt import BoostedTrees
 
 IMAGE_SIZES = [(3, (20, 20)), (5, (16, 24)), (1, (9, 9))]
 FEATURES = 5  # x, y, z, E, layer
@@ -414,3 +415,20 @@ def test_point_cloud_classifier_learns_a_separable_toy_problem():
     model = PointCloudClassifier(FEATURES, cfg)
     model.fit_normalization(*batch_of(2000, torch.Generator().manual_seed(1)))
     assert _train(model, batch_of) > 0.9
+
+
+def test_boosted_trees_stop_early_on_the_weighted_validation_loss():
+    # Validation rows of weight 0 with flipped labels: on the unweighted loss they make the
+    # trees stop within a few iterations; weighted, they do not count and training goes on.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 1)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.normal(size=2000) > 0).astype(np.float32)
+    flipped = np.arange(2000) % 2 == 1
+    y_val = np.where(flipped, 1 - y, y)
+    weight = np.where(flipped, 0.0, 1.0)
+    fits = [
+        BoostedTrees.train(x, y, None, x, y_val, ["a"], val_weight=w, iterations=200, patience=5)
+        for w in (None, weight)
+    ]
+    unweighted, weighted = (f.booster.best_iteration for f in fits)
+    assert unweighted < 15 and weighted > 3 * unweighted

@@ -57,6 +57,7 @@ class BoostedTrees:
         y_val: np.ndarray,
         features: Sequence[str],
         *,
+        val_weight: np.ndarray | None = None,
         iterations: int = 300,
         learning_rate: float = 0.1,
         leaves: int = 31,
@@ -65,7 +66,8 @@ class BoostedTrees:
         threads: int = 1,
     ) -> BoostedTrees:
         """Fit on features ``x`` [N, F] and labels ``y`` [N] (1 = signal), early stopping on
-        the validation log-loss after ``patience`` iterations without improvement."""
+        the validation log-loss (weighted by ``val_weight`` when given, as the training rows
+        are by ``weight``) after ``patience`` iterations without improvement."""
         params = {
             "objective": "binary",
             "learning_rate": learning_rate,
@@ -76,7 +78,7 @@ class BoostedTrees:
             "verbose": -1,
         }
         train = lightgbm.Dataset(x, y, weight=weight, feature_name=list(features))
-        val = lightgbm.Dataset(x_val, y_val, reference=train)
+        val = lightgbm.Dataset(x_val, y_val, weight=val_weight, reference=train)
         history: dict[str, Any] = {}
         booster = lightgbm.train(
             params,

@@ -189,6 +189,7 @@ def train_classifier(
             val["features"],
             val["label"],
             FEATURE_NAMES,
+            val_weight=val.get("weight"),
             iterations=ccfg.bdt_max_iter,
             learning_rate=ccfg.bdt_learning_rate,
             leaves=ccfg.bdt_max_leaf_nodes,
