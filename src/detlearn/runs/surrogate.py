@@ -168,6 +168,11 @@ def train_flow(
 class Surrogate:
     """A trained conditional surrogate loaded from a run directory (physical units in and out).
 
+    Trained on weighted rows where the dataset has a weight column (role ``weight``): the flow's
+    loss is the mean of w·NLL with the weights' signs kept (negative NLO weights subtract), rows
+    of weight 0 contribute nothing. It samples the weighted distribution; a region where the
+    signed weights sum below zero has no density to sample, which the flow cannot represent.
+
     Example:
         >>> s = Surrogate.load("runs/klm", recipe="klm-timing")               # doctest: +SKIP
         >>> dt = s.sample({"z": [0.0], "theta": [1.4], "p": [2.0]}, 1000)     # doctest: +SKIP
