@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import operator
 import os
+import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -45,7 +46,8 @@ def test_local_executor_carries_exceptions_from_both_places():
                 fut.result()
 
 
-def test_local_executor_runs_the_rest_here_after_a_worker_dies():
+def test_local_executor_runs_the_rest_here_after_a_task_kills_every_worker():
+    # The task retried in fresh pools (WORKER_RETRIES) kills each: it fails, the rest run here.
     with LocalExecutor(2) as ex:
         futures = [ex.submit(_exit_in_a_worker_process, k) for k in range(6)]
         died = [k for k, f in enumerate(futures) if isinstance(f.exception(), BrokenProcessPool)]
@@ -53,6 +55,28 @@ def test_local_executor_runs_the_rest_here_after_a_worker_dies():
         assert [f.result() for k, f in enumerate(futures) if k not in died] == [
             k for k in range(6) if k not in died
         ]
+
+
+def _exit_in_the_first_worker(value: int, marker: str) -> tuple[int, int]:
+    """Kills the worker process that runs it the first time (SIGKILL, as the OOM killer does);
+    returns (value, how many times it ran in a worker)."""
+    if multiprocessing.parent_process() is None:
+        return value, 0
+    with open(marker, "a") as f:
+        f.write("x")
+    runs = len(open(marker).read())
+    if runs == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value, runs
+
+
+def test_a_task_whose_worker_is_killed_runs_again_in_a_fresh_worker(tmp_path):
+    marker = str(tmp_path / "runs")
+    with LocalExecutor(2) as ex:
+        futures = [ex.submit(_exit_in_the_first_worker, k, marker) for k in range(6)]
+        results = [f.result() for f in futures]  # none fails
+    assert [value for value, _ in results] == list(range(6))
+    assert 2 in [runs for _, runs in results]  # the killed task ran again in a new worker
 
 
 def test_local_executor_drops_queued_tasks_when_the_block_fails():

@@ -37,7 +37,14 @@ from typing import Any
 from detlearn.config import ExecutorConfig, SlurmConfig
 from detlearn.errors import DetlearnError
 
-__all__ = ["InlineExecutor", "LocalExecutor", "executor", "prestart", "slurm_cluster"]
+__all__ = [
+    "WORKER_RETRIES",
+    "InlineExecutor",
+    "LocalExecutor",
+    "executor",
+    "prestart",
+    "slurm_cluster",
+]
 
 
 class InlineExecutor(Executor):
@@ -53,6 +60,10 @@ class InlineExecutor(Executor):
         return future
 
 
+#: How often a task whose worker process died runs again in a fresh pool.
+WORKER_RETRIES = 2
+
+
 class LocalExecutor(Executor):
     """Runs ``workers`` tasks at a time: one in this process, the others in worker processes.
 
@@ -64,6 +75,12 @@ class LocalExecutor(Executor):
     from this process: they must not inherit its threads (torch, OpenMP, a progress bar). The
     first executor of a process waits for that server's imports; later ones do not. A worker
     exits as soon as this process ends, even when it is killed (see :func:`_exit_with`).
+
+    A worker process that dies (killed by the out-of-memory killer or a preemption) breaks its
+    pool: its task, and any other the pool held, runs again in a fresh pool, up to
+    ``WORKER_RETRIES`` times each (dask retries a lost worker's tasks the same way). A task
+    that still kills its worker fails with ``BrokenProcessPool``, and its worker place is not
+    given back: the tasks left run in this process, where a crash would end the job.
 
     Args:
         workers: tasks at a time, this process included (at least 2).
@@ -78,37 +95,58 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int, preload: Sequence[str] = ()) -> None:
         if workers < 2:
             raise ValueError(f"LocalExecutor needs at least 2 workers (got {workers})")
-        self._processes = ProcessPoolExecutor(
-            max_workers=workers - 1,
-            mp_context=_context(preload),
+        self._workers, self._mp_context = workers - 1, _context(preload)
+        self._processes = self._new_pool()
+        self._replacing = threading.Lock()
+        # One token per place a task can run: True a worker process, False this process.
+        self._free: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        for token in [False] + [True] * self._workers:
+            self._free.put(token)
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="detlearn-local")
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=self._mp_context,
             initializer=_exit_with,
             initargs=(os.getpid(),),
         )
-        # One token per place a task can run: None is this process.
-        self._free: queue.SimpleQueue[ProcessPoolExecutor | None] = queue.SimpleQueue()
-        for token in [None] + [self._processes] * (workers - 1):
-            self._free.put(token)
-        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="detlearn-local")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` on the first free worker."""
         return self._threads.submit(self._run, fn, args, kwargs)
 
     def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
-        token = self._free.get()
+        in_worker = self._free.get()
         broken = False
         try:
-            if token is None:
+            if not in_worker:
                 return fn(*args, **kwargs)
-            return token.submit(fn, *args, **kwargs).result()
+            return self._in_worker(fn, args, kwargs)
         except BrokenProcessPool:
-            # A worker process died (killed, out of memory): this task fails, and the pool's
-            # token is not given back, so the tasks left run in this process, not fail too.
-            broken = token is not None
+            # It killed its worker every time: the worker place is not given back, so the
+            # tasks left run in this process, not fail too.
+            broken = True
             raise
         finally:
             if not broken:
-                self._free.put(token)
+                self._free.put(in_worker)
+
+    def _in_worker(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Run the task in a worker process, in a fresh pool when a worker died."""
+        retries = WORKER_RETRIES
+        while True:
+            pool = self._processes
+            try:
+                return pool.submit(fn, *args, **kwargs).result()
+            except BrokenProcessPool:
+                if retries == 0:
+                    raise
+                retries -= 1
+                with self._replacing:  # the first task to see it replaces the broken pool
+                    if self._processes is pool:
+                        pool.shutdown(wait=False)
+                        self._processes = self._new_pool()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; with ``wait``, return once the running ones are done."""
