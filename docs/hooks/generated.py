@@ -286,6 +286,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The test files whose cases make the catalogue (docs/robustness.md), in its order.
 CATALOGUE = (
     "tests/faults/test_kill_and_resume.py",
+    "tests/test_parallel.py",
     "tests/io/test_fuzz_root.py",
     "tests/io/test_sources.py",
     "tests/test_inputs.py",
