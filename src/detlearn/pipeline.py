@@ -27,7 +27,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from detlearn._files import atomic_write_bytes, nearest_existing, remove_temp_files
+from detlearn._files import (
+    atomic_write_bytes,
+    check_out_folder,
+    nearest_existing,
+    remove_temp_files,
+)
 from detlearn._threads import usable_memory
 from detlearn.config import RunConfig, deep_merge, read_yaml, validate_config, validate_options
 from detlearn.errors import DetlearnError
@@ -35,7 +40,7 @@ from detlearn.families import export_run, get_family, train
 from detlearn.io.dataset import Dataset
 from detlearn.io.provenance import read_provenance, simulator_difference
 from detlearn.prepare import prepare
-from detlearn.recipes import get_recipe, load_config
+from detlearn.recipes import Recipe, get_recipe, load_config
 from detlearn.report import write_report
 from detlearn.runs.artifact import RunInfo, read_run_info
 
@@ -154,12 +159,18 @@ def estimate_simulation(
         (1000000, 47)
     """
     rec = get_recipe(recipe)
-    cfg = validate_options(rec.simulate_options, options, f"{recipe} simulate")
+    return _estimate(
+        rec, events, validate_options(rec.simulate_options, options, f"{recipe} simulate")
+    )
+
+
+def _estimate(rec: Recipe, events: int, cfg: Any) -> SimulationEstimate:
+    """:func:`estimate_simulation` with the recipe's validated simulator options ``cfg``."""
     try:
         count = operator.index(events)
     except TypeError:
         raise DetlearnError(
-            f"{recipe} simulate: events must be a whole number (got {events!r})"
+            f"{rec.name} simulate: events must be a whole number (got {events!r})"
         ) from None
     written, held = rec.event_counts(max(count, 0), cfg)
     return SimulationEstimate(
@@ -213,21 +224,18 @@ def simulate(
     """
     rec = get_recipe(recipe)
     out_dir = Path(out_dir)
-    if out_dir.is_file():
-        raise DetlearnError(f"{out_dir}: is a file, not a folder")
-    if not nearest_existing(out_dir).is_dir():
-        raise DetlearnError(f"{out_dir}: cannot be made, {nearest_existing(out_dir)} is a file")
-    estimate = estimate_simulation(recipe, events, options)
+    # Its ROOT files are checked one by one below; other files do not matter to prepare.
+    check_out_folder(out_dir, "simulation folder", lambda folder: None)
+    wanted = validate_options(rec.simulate_options, options, f"{recipe} simulate")
+    estimate = _estimate(rec, events, wanted)
     existing = sorted(out_dir.glob("*.root")) if out_dir.is_dir() else []
-    if existing:
-        wanted = validate_options(rec.simulate_options, options, f"{recipe} simulate")
-        for path in existing:
-            why = _not_this_job(read_provenance(path), recipe, wanted.model_dump(mode="json"), seed)
-            if why:
-                raise DetlearnError(
-                    f"{path}: {why}, so this simulate would not write it, and prepare would read "
-                    "it beside the new files; choose an empty folder (--out) or remove it"
-                )
+    for path in existing:
+        why = _not_this_job(read_provenance(path), recipe, wanted.model_dump(mode="json"), seed)
+        if why:
+            raise DetlearnError(
+                f"{path}: {why}, so this simulate would not write it, and prepare would read "
+                "it beside the new files; choose an empty folder (--out) or remove it"
+            )
     # This job's own files are written again: their space comes back.
     _check_fits(recipe, out_dir, estimate, sum(p.stat().st_size for p in existing))
     if announce is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +27,12 @@ import awkward as ak
 import numpy as np
 
 from detlearn import __version__
-from detlearn._files import atomic_write_json, check_out_folder, remove_temp_files
+from detlearn._files import (
+    atomic_write_json,
+    check_out_folder,
+    read_json_object,
+    remove_temp_files,
+)
 from detlearn._progress import progress as show_progress
 from detlearn.config import DataConfig, RunConfig, data_hash
 from detlearn.errors import DetlearnError, DetlearnWarning
@@ -486,10 +490,10 @@ def _not_a_dataset(out: Path) -> str | None:
         return "its shards/ is a symbolic link; a dataset's shards/ must be its own"
     if manifest.is_file():
         try:
-            record = json.loads(manifest.read_bytes())
-        except (OSError, ValueError):
-            record = None
-        if not (isinstance(record, dict) and {"shards", "config_hash"} <= set(record)):
+            record = read_json_object(manifest)
+        except DetlearnError:
+            record = {}
+        if not {"shards", "config_hash"} <= set(record):
             return f"its {MANIFEST} is not a detlearn dataset's manifest"
     elif not shards.is_dir():
         return f"holds files but is no detlearn dataset (no {MANIFEST}, no shards/)"

@@ -249,7 +249,7 @@ def evaluate(
         "fiducial": {
             "used": bool(angles),
             "depth_x0": float(options["fiducial_depth"]) if angles else None,
-            "background_fraction": fiducial.get(0.0) if angles else None,
+            "background_fraction": fiducial.get(0.0),
         },
     }
     variant = " (mass-parameterized)" if clf.config.mass_parameterized else ""
