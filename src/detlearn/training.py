@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from detlearn._files import atomic_path
 from detlearn._progress import interactive, plain_line
-from detlearn._threads import usable_memory
+from detlearn._threads import adapt, usable_memory
 from detlearn.config import TrainingConfig
 from detlearn.errors import DetlearnError
 from detlearn.models import WEIGHTS_FILE, save_model
@@ -454,16 +454,28 @@ _SMALL_STEP_MACS = 5e7
 
 
 @contextmanager
-def _step_threads(model: torch.nn.Module, batch_size: int) -> Iterator[None]:
-    """One torch thread while training a model whose step is small (restored afterwards)."""
+def _step_threads(model: torch.nn.Module, batch_size: int) -> Iterator[list[Callback]]:
+    """One torch thread while training a model whose step is small, else threads fitted to
+    the free CPUs before each batch (:func:`detlearn._threads.adapt`); yields the callbacks
+    that do it, and restores the count afterwards."""
     before = torch.get_num_threads()
-    macs = sum(p.numel() for p in model.parameters()) * batch_size
-    if macs < _SMALL_STEP_MACS:
+    small = sum(p.numel() for p in model.parameters()) * batch_size < _SMALL_STEP_MACS
+    if small:
         torch.set_num_threads(1)
     try:
-        yield
+        yield [] if small else [_AdaptThreads()]
     finally:
         torch.set_num_threads(before)
+
+
+class _AdaptThreads(Callback):
+    """Fits torch's threads to the CPUs free now before each training and validation batch."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        adapt()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        adapt()
 
 
 class _EpochLines(Callback):
@@ -634,7 +646,11 @@ def fit(
     started = time.perf_counter()
     # Lightning switches deterministic algorithms on process-wide; give the caller theirs back.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    with _quiet(), _restore_determinism(was_deterministic), _step_threads(model, cfg.batch_size):
+    with (
+        _quiet(),
+        _restore_determinism(was_deterministic),
+        _step_threads(model, cfg.batch_size) as threads,
+    ):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         train_set = _Columns(*train_t)
         train_loader = DataLoader(
@@ -656,6 +672,7 @@ def fit(
         callbacks: list[Callback] = [
             EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience),
             checkpoint,
+            *threads,
         ]
         bar = progress and interactive()
         if bar:

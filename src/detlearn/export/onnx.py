@@ -9,6 +9,7 @@ faithful.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 from detlearn._files import atomic_path
-from detlearn._threads import usable_cpus
+from detlearn._threads import adapt, adapting
 from detlearn.errors import DetlearnError
 from detlearn.export.sidecar import Parity
 
@@ -25,6 +26,7 @@ __all__ = [
     "OPSET",
     "PARITY_ATOL",
     "PARITY_RTOL",
+    "Session",
     "check_parity",
     "check_relative_parity",
     "export_onnx",
@@ -81,16 +83,47 @@ def export_onnx(
     return path
 
 
-def session(model: str | Path | bytes) -> ort.InferenceSession:
-    """An onnxruntime CPU session of a graph file (or its serialized bytes), on the CPUs this
-    process may use, its idle threads sleeping: onnxruntime's own pool spins while it waits,
-    and beside one competing process that cost 60 % of the regressor's speed (the same
-    collapse as OpenMP's, see :mod:`detlearn._threads`)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = usable_cpus()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+class Session:
+    """An onnxruntime CPU session of one graph whose intra-op threads follow the CPUs free now
+    (:func:`detlearn._threads.adapt`, before each :meth:`run`): onnxruntime's own pool spins
+    while it waits, and beside one competing process that cost 60 % of the regressor's speed
+    (the same collapse as OpenMP's), while a sleeping pool costs ~20 % on idle cores. It keeps
+    one onnxruntime session per thread count met; with fixed thread counts (a user's
+    ``OMP_NUM_THREADS``), one that does not spin. Other attributes (``get_inputs``, ...) are the
+    first session's."""
+
+    def __init__(self, source: str | bytes) -> None:
+        self._source = source
+        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._first = self._with(adapt())  # a graph that does not load fails here
+
+    def _with(self, threads: int) -> ort.InferenceSession:
+        if threads not in self._sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            if not adapting():
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._sessions[threads] = ort.InferenceSession(
+                self._source, options, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[threads]
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        input_feed: Mapping[str, Any],
+        run_options: ort.RunOptions | None = None,
+    ) -> list[Any]:
+        """``InferenceSession.run`` on the threads free now."""
+        return self._with(adapt()).run(output_names, input_feed, run_options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._first, name)
+
+
+def session(model: str | Path | bytes) -> Session:
+    """A :class:`Session` of a graph file (or its serialized bytes) on the CPUs free now."""
+    return Session(model if isinstance(model, bytes) else str(model))
 
 
 def check_relative_parity(

@@ -31,12 +31,25 @@ from detlearn._files import (
     file_checksum,
     read_json_object,
 )
+from detlearn._threads import adapt, adapting
 from detlearn.errors import DetlearnError
 
 __all__ = ["BoostedTrees"]
 
 MODEL_FILE = "model.txt"
 SPEC_FILE = "model.json"
+
+
+def _adapt_threads(env: lightgbm.callback.CallbackEnv) -> None:
+    """Before each boosting iteration, fit LightGBM's threads to the CPUs free now (its
+    OpenMP runtime is torch's, which spins: :mod:`detlearn._threads`)."""
+    threads = adapt()
+    if threads != env.params.get("num_threads"):
+        env.model.reset_parameter({"num_threads": threads})
+        env.params["num_threads"] = threads
+
+
+_adapt_threads.before_iteration = True  # type: ignore[attr-defined]
 
 
 class BoostedTrees:
@@ -89,6 +102,7 @@ class BoostedTrees:
             callbacks=[
                 lightgbm.early_stopping(patience, verbose=False),
                 lightgbm.record_evaluation(history),
+                *([_adapt_threads] if adapting() else []),
             ],
         )
         trees = cls(booster, features)

@@ -30,7 +30,7 @@ import awkward as ak
 import numpy as np
 import torch
 
-from detlearn._threads import usable_cpus
+from detlearn._threads import adapt, usable_cpus
 from detlearn.config import ClassifierConfig, RunConfig
 from detlearn.data.hit_features import FEATURE_NAMES, feature_matrix, hit_features
 from detlearn.data.images import ImageSpec, build_images
@@ -195,7 +195,7 @@ def train_classifier(
             leaves=ccfg.bdt_max_leaf_nodes,
             patience=cfg.training.patience * 4,
             seed=cfg.training.seed,
-            threads=usable_cpus(),
+            threads=adapt(),
         )
         trees.save(out / MODEL_DIR)
     else:
@@ -283,6 +283,7 @@ class Classifier:
             raise DetlearnError(f"{self.run_dir}: this model takes no mass")
         parts = []
         for start in range(0, n, batch_size):
+            adapt()
             chunk = {h: events[h][start : start + batch_size] for h in self.config.hits}
             inputs = network_inputs(self.config, chunk)
             if isinstance(self.model, BoostedTrees):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detlearn._threads import adapt
 from detlearn.config import RunConfig
 from detlearn.data.selection import training_splits
 from detlearn.errors import DetlearnError
@@ -119,5 +120,8 @@ class Regression:
                 f"inputs: expected shape [N, {len(self.input_names)}], got {list(x.shape)}"
             )
         t = torch.from_numpy(np.ascontiguousarray(x))
-        parts = [self.model(t[i : i + batch_size]) for i in range(0, len(t), batch_size)]
+        parts = []
+        for i in range(0, len(t), batch_size):
+            adapt()
+            parts.append(self.model(t[i : i + batch_size]))
         return torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.float32)

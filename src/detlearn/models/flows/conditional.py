@@ -60,6 +60,7 @@ from zuko.distributions import DiagNormal
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import UnconditionalDistribution
 
+from detlearn._threads import adapt
 from detlearn.config import FlowConfig
 from detlearn.errors import DetlearnError
 from detlearn.models.flows.sampling import BLOCK, ROW_BLOCK, BinarySearchRQS, inverse_at
@@ -452,6 +453,7 @@ class ConditionalFlow(torch.nn.Module):
         rows = 1 if n >= BLOCK else ROW_BLOCK // max(n, 1)
         step = min(n, BLOCK) or 1
         for b in range(0, len(c), rows):
+            adapt()
             block = context[b : b + rows]
             inverses = [inverse_at(t, block, n) for t in reversed(self.flow.transform.transforms)]
             for start in range(0, n, step):

@@ -46,10 +46,10 @@ __all__ = ["BLOCK", "ROW_BLOCK", "BinarySearchRQS", "MaskedPass", "inverse_at", 
 BLOCK = 65536
 # Samples per block of several context rows (fewer samples per row than BLOCK, the KLM
 # layout). Each block runs the conditioner on its rows and some 100 small operations on
-# [rows, bins] tensors; with the thread pools' idle threads sleeping (detlearn._threads), every
-# one of them wakes the pool, and at 2^16 that cost a third of the throughput (KLM sampling on
-# 2 idle cores: 8.2 M photons/s at 2^16, 10 at 2^18, 12.4 at 2^20, median of 3 runs; contended
-# 0.6-0.8 of idle, benchmarks/klm_sample.py). The block's tensors stay a few MB.
+# [rows, bins] tensors, each a parallel region that wakes the thread pool and ends at a
+# barrier; larger blocks amortize them. Measured with sleeping pools, where a wake-up costs
+# most (KLM sampling on 2 idle cores: 8.2 M photons/s at 2^16, 10 at 2^18, 12.4 at 2^20, median
+# of 3 runs; benchmarks/klm_sample.py). The block's tensors stay a few MB.
 ROW_BLOCK = 1 << 20
 
 
