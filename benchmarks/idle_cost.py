@@ -11,7 +11,8 @@ Three workloads, each under both policies, back to back and alternated (``--roun
    :func:`detlearn._threads.adapt` before each step as ``detlearn.training.fit`` calls it;
 3. the hcal-energy regressor (Model4Exp, detlearn's export, batch 16384, ns/channel) in
    onnxruntime: ``detlearn.export.onnx.session`` against a default ``InferenceSession`` on the
-   same threads, in this process, interleaved.
+   same threads, in this process, interleaved over 3x ``--rounds`` rounds (a 2-vCPU virtual
+   machine has spells where every session runs 2-3x slower).
 
 The runtimes' own policy is ``OMP_NUM_THREADS`` = the usable CPUs (a fixed count: detlearn then
 adapts nothing) with ``GOMP_SPINCOUNT=300000`` (libgomp's default spinning, for every OpenMP
@@ -187,12 +188,12 @@ def main() -> None:
     steps, steps_loaded = alternated(training_steps, args.rounds, args.contended)
     print(cost_line("KLM training step", "ms", steps, higher_is_faster=False))
     calls, x = regressor_sessions()
-    ns = regressor_ns(calls, x, args.rounds)
+    ns = regressor_ns(calls, x, 3 * args.rounds)
     print(cost_line("hcal regressor, onnxruntime", "ns/channel", ns, higher_is_faster=False))
     if not args.contended:
         return
     with _contention.busy_process():
-        ns_loaded = regressor_ns(calls, x, args.rounds)
+        ns_loaded = regressor_ns(calls, x, 3 * args.rounds)
     for name in POLICIES:
         print(
             f"beside a busy process, {name}: KLM sampling {sampling_loaded[name]:.3g} M photons/s "
