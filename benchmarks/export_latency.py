@@ -24,9 +24,10 @@ so that the inputs are realistic:
 
 Each graph is checked against PyTorch before it is timed (the exporters' own criteria). Then,
 per model, ``latency_curves`` times onnxruntime on the exported graph (detlearn's
-``session()``: usable CPUs, threads not spinning) and PyTorch eager on the same model
-(``torch.inference_mode``; the sampler ``flow.sample_from_noise(noise, context)``, the density
-``flow.log_prob(x, context)``, the regressor's and the CNN's forward), interleaved over
+``session()``) and PyTorch eager on the same model (``torch.inference_mode``; the sampler
+``flow.sample_from_noise(noise, context)``, the density ``flow.log_prob(x, context)``, the
+regressor's and the CNN's forward), on threads fitted to the free CPUs (``detlearn._threads``;
+set ``OMP_NUM_THREADS`` to fix them), interleaved over
 ``--rounds`` rounds of ``--trials`` trials at batch sizes 1, 4, 16, ..., 65,536 (one untimed
 call per batch and round first; each trial >= 20 ms of back-to-back calls, a single call at
 the large batches). Both runtimes get the same contiguous input arrays, split out of
@@ -42,7 +43,7 @@ every batch) is repeated, and idle and contended are printed with their ratio
 (``_contention``); the other models are timed idle only.
 
 Run: .venv/bin/python benchmarks/export_latency.py [--trials 3] [--rounds 4]
-     [--cnn-max-batch 4096] [--threads N] [--out DIR] [--contended]
+     [--cnn-max-batch 4096] [--out DIR] [--contended]
 """
 
 from __future__ import annotations
@@ -278,13 +279,11 @@ def main() -> None:
         "--cnn-max-batch", type=int, default=4096, help="the CNN's largest batch (events)"
     )
     parser.add_argument("--cnn-events", type=int, default=512, help="simulated ECal events")
-    parser.add_argument("--threads", type=int, default=usable_cpus(), help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=None, help="folder for the plots")
     _contention.add_flag(parser)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="export_latency_"))
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
 
     flow, dt, context = klm_flow(rng)
@@ -303,8 +302,8 @@ def main() -> None:
     name = f"ECal CNN ({cfg.image.channels}x{cfg.image.shape[0]}x{cfg.image.shape[1]} images)"
     models[name] = (fns, images, None, cnn_batches)
     print(
-        f"onnxruntime ({usable_cpus()} threads, not spinning) vs torch eager ({args.threads} "
-        f"threads); median of {args.trials * args.rounds} trials in {args.rounds} interleaved "
+        f"onnxruntime and torch eager on threads fitted to the free CPUs (up to {usable_cpus()});"
+        f" median of {args.trials * args.rounds} trials in {args.rounds} interleaved "
         f"rounds; inputs: {ROWS:,} simulated rows per model ({len(images):,} ECal events, "
         f"repeated); CNN batches up to {cnn_batches[-1]:,} events (--cnn-max-batch)",
         flush=True,

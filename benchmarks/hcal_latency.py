@@ -15,7 +15,8 @@ machine does not fall on one of them; each trial >= 20 ms of back-to-back calls 
   the reference;
 - onnxruntime on detlearn's export, default ``InferenceSession``.
 
-torch runs with ``--threads`` intra-op threads. Prints the table, detlearn's export at 16384
+Every runtime runs on threads fitted to the free CPUs (``detlearn._threads``; set
+``OMP_NUM_THREADS`` to fix them). Prints the table, detlearn's export at 16384
 against the 50 ns target and its ratio to the reference; writes timing.png.
 
 ``--contended``: the whole timing is done again beside one busy process, and the main figure
@@ -36,6 +37,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from detlearn._threads import usable_cpus
 from detlearn.config import RegressorConfig
 from detlearn.evaluation.latency import latency_curves
 from detlearn.export import export_onnx, regressor_runtimes
@@ -64,7 +66,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3, help="timed trials per batch and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved passes")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--run", type=Path, default=None, help="a trained hcal-energy run")
     parser.add_argument("--out", type=Path, default=None, help="folder for timing.png")
     _contention.add_flag(parser)
@@ -81,7 +82,6 @@ def main() -> None:
     model.eval()
     plain_path = export_onnx(model, (torch.zeros(2, x.shape[1]),), out / "plain.onnx",
                              ["inputs"], ["genE"])  # fmt: skip
-    torch.set_num_threads(args.threads)
     check = x[:4096]
     runtimes = regressor_runtimes(model, check)
     plain = ort.InferenceSession(str(plain_path), providers=["CPUExecutionProvider"])
@@ -95,7 +95,7 @@ def main() -> None:
 
     def report(curves):
         trials = args.trials * args.rounds
-        print(f"per-channel latency [ns], median of {trials} trials, {args.threads} threads")
+        print(f"per-channel latency [ns], median of {trials} trials, up to {usable_cpus()} threads")
         print(f"{'batch':>7} " + " ".join(f"{n:>29}" for n in curves))
         for i, b in enumerate(BATCHES):
             print(f"{b:>7} " + " ".join(f"{c[i]['ns_per_row']:>29.1f}" for c in curves.values()))

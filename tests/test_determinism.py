@@ -1,18 +1,24 @@
 """Same config and seed, twice, into separate folders: the same dataset bytes, the same trained
-weights (CPU), the same samples and the same exported files."""
+weights (CPU), the same samples and the same exported files; and the same weights whatever
+thread counts the machine's load gives the training."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_tree
 
-from detlearn.config import validate_config
+from detlearn import training
+from detlearn.config import FlowConfig, TrainingConfig, validate_config
 from detlearn.families import export_run, train
+from detlearn.models import BoostedTrees, ConditionalFlow
 from detlearn.prepare import prepare
 from detlearn.runs import Surrogate
+from detlearn.training import fit
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +103,55 @@ def test_the_same_exported_files(twice):
     assert graphs == _files(b / "export", "*.onnx")
     sidecars = _files(a / "export", "*.json")
     assert sidecars and sidecars == _files(b / "export", "*.json")
+
+
+def _thread_schedule(counts):
+    """An ``adapt`` that sets torch's threads to ``counts`` in turn, as load would."""
+    turn = iter(counts * 1000)
+
+    def adapt():
+        threads = next(turn)
+        torch.set_num_threads(threads)
+        return threads
+
+    return adapt
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="thread counts differ from two CPUs")
+def test_the_same_weights_whatever_thread_counts_the_load_gives(tmp_path, monkeypatch):
+    # detlearn fits its threads to the free CPUs batch by batch (detlearn._threads.adapt); a
+    # flow trained on one thread, two, or a mix must come out bit for bit the same.
+    rng = np.random.default_rng(0)
+    c = rng.uniform(-1, 1, (12_000, 1)).astype(np.float32)
+    x = np.exp(c + 0.3 * rng.standard_normal((12_000, 1))).astype(np.float32)
+    train, val = (
+        {"target": x[:10_000], "context": c[:10_000]},
+        {"target": x[10_000:], "context": c[10_000:]},
+    )
+    weights = []
+    for counts in ([2], [1], [1, 2]):
+        monkeypatch.setattr(training, "adapt", _thread_schedule(counts))
+        torch.manual_seed(0)
+        flow = ConditionalFlow(
+            1, 1, FlowConfig(hidden=[128, 128], transforms=2, bins=8), lower=[0.0]
+        )
+        cfg = TrainingConfig(batch_size=2048, max_epochs=2, patience=2)
+        fit(flow, train, val, cfg, tmp_path / str(counts), progress=False)
+        weights.append(b"".join(p.detach().numpy().tobytes() for p in flow.parameters()))
+    assert weights[0] == weights[1] == weights[2]
+
+
+def test_boosted_trees_do_not_depend_on_their_thread_count():
+    rng = np.random.default_rng(0)
+    x = rng.random((20_000, 4))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + 0.3 * rng.random(20_000) > 0.9).astype(int)
+    models = [
+        BoostedTrees.train(
+            x[:15_000], y[:15_000], None, x[15_000:], y[15_000:], list("abcd"), threads=t,
+            iterations=40,
+        ).booster.model_to_string()
+        # The trees; the parameters that follow them name the thread count.
+        .split("\nparameters:")[0]
+        for t in (1, 2)
+    ]  # fmt: skip
+    assert models[0] == models[1]
