@@ -23,7 +23,7 @@ Prints, per workload, both idle figures and detlearn's idle cost (1 - its speed 
 one's, target <= 5 %); with ``--contended`` also both policies beside one busy process. The
 comparison line of ``_contention`` is the training step under detlearn's policy.
 
-Run: .venv/bin/python benchmarks/idle_cost.py [--rounds 3] [--contended]
+Run: .venv/bin/python benchmarks/idle_cost.py [--rounds 5] [--contended]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def alternated(measure, rounds: int, contended: bool) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternated runs per policy")
+    parser.add_argument("--rounds", type=int, default=5, help="alternated runs per policy")
     parser.add_argument("--steps", action="store_true", help=argparse.SUPPRESS)  # the worker
     _contention.add_flag(parser)
     args = parser.parse_args()
