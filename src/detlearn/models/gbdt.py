@@ -126,7 +126,9 @@ class BoostedTrees:
                 f"boosted trees: expected features [N, {len(self.features)}], got {list(x.shape)}"
             )
         best = self.booster.best_iteration or None
-        return np.asarray(self.booster.predict(x, num_iteration=best), dtype=np.float64)
+        # On the CPUs free now (detlearn._threads), not the count the training ended with.
+        scores = self.booster.predict(x, num_iteration=best, num_threads=adapt())
+        return np.asarray(scores, dtype=np.float64)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.txt``, ``model.json`` (and ``history.csv`` after training), atomically."""
