@@ -15,10 +15,11 @@ pools, :func:`apply` sets
   :func:`adapt`, called once per block or batch of detlearn's long torch work, fits torch's
   thread count to the CPUs that are free now (:class:`Adaptive`): one thread beside a busy
   process on 2 cores, so that no thread waits for a teammate without a core, and both again
-  once the other process is gone;
-- ``OMP_WAIT_POLICY=PASSIVE`` for the other OpenMP runtimes (numba's, LightGBM's,
-  scikit-learn's), whose parallel regions are few and long enough that sleeping costs nothing,
-  and for the processes this one starts.
+  once the other process is gone. LightGBM, which links ``libgomp.so.1``, finds this copy
+  already loaded; its boosting and onnxruntime's sessions follow the same count;
+- ``OMP_WAIT_POLICY=PASSIVE`` for the other OpenMP runtimes (numba's and scikit-learn's own
+  copies), whose parallel regions are few and long enough that sleeping costs nothing, and for
+  the processes this one starts.
 
 A variable the user has set wins: a user's ``OMP_NUM_THREADS`` sets the other two as well and
 fixes the thread count (no adapting, every runtime sleeping), and a user's ``OMP_WAIT_POLICY``
