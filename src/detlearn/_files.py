@@ -141,14 +141,17 @@ def nearest_existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
-def check_out_folder(out: Path, kind: str, why_not: Callable[[Path], str | None]) -> None:
+def check_out_folder(
+    out: Path, kind: str, why_not: Callable[[Path], str | None] | None = None
+) -> None:
     """Refuse, in one line naming the path, an ``--out`` folder detlearn must not write into,
     before any work: a file; a folder that cannot be made or written (the nearest existing
     folder at or above it is not writable); a folder holding files that is not a ``kind``
-    (``why_not(out)`` says why it is not, None when it is). A new or empty folder is fine.
+    (``why_not(out)`` says why it is not, None when it is; without ``why_not`` the caller
+    checks the files it meets itself). A new or empty folder is fine.
 
     Example:
-        >>> check_out_folder(Path(__file__), "run folder", lambda out: None)
+        >>> check_out_folder(Path(__file__), "run folder")
         Traceback (most recent call last):
         ...
         detlearn.errors.DetlearnError: ...: --out is a file, not a run folder
@@ -162,7 +165,7 @@ def check_out_folder(out: Path, kind: str, why_not: Callable[[Path], str | None]
     if not os.access(nearest, os.W_OK | os.X_OK):
         where = "" if nearest == out.absolute() else f" (its nearest existing parent {nearest})"
         raise DetlearnError(f"{out}: --out is not writable{where}; give it a folder you can write")
-    if not out.is_dir() or not any(out.iterdir()):
+    if why_not is None or not out.is_dir() or not any(out.iterdir()):
         return
     why = why_not(out)
     if why is not None:

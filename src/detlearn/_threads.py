@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import math
 import os
@@ -153,20 +154,20 @@ class Adaptive:
         cpu_time: Callable[[], float] = time.process_time,
         idle: Callable[[], float] | None = None,
     ) -> None:
-        cpus = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        if idle is None:
+            idle = functools.partial(idle_seconds, frozenset(os.sched_getaffinity(0)))
         self.usable, self.threads, self.interval = usable, usable, interval
-        self._clock, self._cpu_time = clock, cpu_time
-        self._idle = idle or (lambda: idle_seconds(cpus or frozenset()))
+        self._clock, self._cpu_time, self._idle = clock, cpu_time, idle
         self._last: tuple[int, float, float, float] | None = None
         self._lock = threading.Lock()
 
     def __call__(self) -> int:
         """The thread count for now, re-measured when the window is over."""
         now = self._clock()
-        last = self._last
-        if last is not None and last[0] == os.getpid() and now - last[1] < self.interval:
-            return self.threads
         with self._lock:
+            last = self._last
+            if last is not None and last[0] == os.getpid() and now - last[1] < self.interval:
+                return self.threads
             reading = (os.getpid(), now, self._cpu_time(), self._idle())
             if last is not None and last[0] == reading[0] and now > last[1]:
                 capacity = (reading[2] - last[2] + reading[3] - last[3]) / (now - last[1])
@@ -227,14 +228,15 @@ def _start_adapting(cpus: int) -> Adaptive | None:
     """Load torch's OpenMP runtime now, with libgomp's own spinning, and return the
     :class:`Adaptive` that will size it; None where that cannot be done."""
     try:
-        idle_seconds(frozenset(os.sched_getaffinity(0)))
+        adaptive = Adaptive(cpus)
+        adaptive._idle()  # /proc/stat is there and reads as expected
         lib = _torch_openmp()
         if lib is None:
             return None
         ctypes.CDLL(str(lib))  # reads the wait policy now, before apply sets PASSIVE
     except (OSError, ValueError, IndexError, AttributeError):
         return None
-    return Adaptive(cpus)
+    return adaptive
 
 
 def apply() -> None:

@@ -225,7 +225,7 @@ def simulate(
     rec = get_recipe(recipe)
     out_dir = Path(out_dir)
     # Its ROOT files are checked one by one below; other files do not matter to prepare.
-    check_out_folder(out_dir, "simulation folder", lambda folder: None)
+    check_out_folder(out_dir, "simulation folder")
     wanted = validate_options(rec.simulate_options, options, f"{recipe} simulate")
     estimate = _estimate(rec, events, wanted)
     existing = sorted(out_dir.glob("*.root")) if out_dir.is_dir() else []

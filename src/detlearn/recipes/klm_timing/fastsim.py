@@ -175,7 +175,7 @@ def fastsim(
         name: _provenance(run_dir, seed, table, i, len(starts)) for i, name in enumerate(names)
     }
     # Its ROOT files are checked one by one (_check_folder); other files do not matter.
-    check_out_folder(out_dir, "fastsim folder", lambda folder: None)
+    check_out_folder(out_dir, "fastsim folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_folder(out_dir, expected)
     remove_temp_files(out_dir, "fastsim_*.root")  # a killed fastsim's
